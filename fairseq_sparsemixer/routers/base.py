@@ -1,0 +1,124 @@
+"""Top-1 (and top-k) routers: shared masking, sampling and load statistics.
+
+Plain PyTorch, no fairseq import. Notation follows Liu, Gao, Chen (2023), "Sparse
+Backpropagation for MoE Training" (arXiv 2310.00811):
+
+    θ = W x                 router logits, (tokens, N)
+    π = softmax(θ) restricted to the experts kept by the mask (§4, "sparsity")
+    D                       the chosen expert
+    gate                    the combine weight of D (before omega)
+
+All router math runs in float32 whatever the dtype of the input (fp16/bf16 logits are
+upcast, autocast is disabled inside `route`).
+"""
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass
+class RouterOutput:
+    expert_index: torch.Tensor  # int64 (T, k)   chosen expert(s)
+    gate: torch.Tensor  # float32 (T, k)          combine weight, carries the estimator's gradient
+    probs: torch.Tensor  # float32 (T, N)         routing distribution (masked softmax when masked)
+    balance_loss: torch.Tensor  # scalar          N * sum_e f_e * mean_t P_e (non-pad tokens)
+    z_loss: torch.Tensor  # scalar                mean_t logsumexp(θ)^2 (non-pad tokens)
+    expert_counts: torch.Tensor  # int64 (N,)     tokens whose first choice is e (non-pad)
+    entropy: torch.Tensor  # scalar               mean_t H(probs) (non-pad), no gradient
+    non_argmax_frac: torch.Tensor  # scalar       fraction of tokens with first choice != argmax θ
+
+
+def relative_mask(logits: torch.Tensor, jitter_eps: float, best: Optional[torch.Tensor] = None,
+                  scale_logits: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Boolean (T, N), True where expert j is DROPPED (paper §4):
+
+        (θ* − θ_j) / max(|θ_j|, θ*) > 2r,   θ* = max_j θ_j,  r = jitter_eps
+
+    written without a division, (θ* − θ_j) > 2r·max(|θ_j|, θ*), so that 0/0 never occurs
+    (θ* = θ_j = 0 keeps j). The best expert is never dropped. `best` overrides θ* (the
+    second stage of top-2 routing thresholds against the best REMAINING logit) and
+    `scale_logits` the logits whose magnitude enters the relative factor.
+    """
+    with torch.no_grad():
+        if best is None:
+            best = logits.max(dim=-1, keepdim=True).values
+        mags = (logits if scale_logits is None else scale_logits).abs()
+        factor = torch.maximum(mags, best)
+        return (best - logits) > (2.0 * jitter_eps) * factor
+
+
+def gumbel_argmax(masked_logits: torch.Tensor) -> torch.Tensor:
+    """D ~ softmax(masked_logits) by the Gumbel-max trick: argmax_j θ_j − log E_j, E_j ~ Exp(1).
+
+    E is clamped away from 0, so the noise is always finite (no log(0) = −inf → +inf pick)."""
+    e = torch.empty_like(masked_logits).exponential_().clamp_min_(torch.finfo(masked_logits.dtype).tiny)
+    return (masked_logits - e.log()).argmax(dim=-1, keepdim=True)
+
+
+class Router(nn.Module):
+    """Base class. Subclasses implement `select(logits) -> (expert_index, gate, probs)`.
+
+    `router(x, padding_mask)` = `router.route(router.proj(x), padding_mask)`.
+    `padding_mask` (T,) bool, True at pad tokens: excluded from the balance loss, z-loss and
+    the load statistics (they are still routed; the MoE layer skips them)."""
+
+    #: whether the MoE layer uses the learned per-channel omega by default
+    default_omega = False
+    #: the largest top_k the router supports
+    max_top_k = 1
+
+    def __init__(self, embed_dim: int, num_experts: int, jitter_eps: float = 0.1, top_k: int = 1):
+        super().__init__()
+        if num_experts < 1:
+            raise ValueError(f"num_experts must be >= 1, got {num_experts}")
+        if jitter_eps < 0:
+            raise ValueError(f"jitter_eps must be >= 0, got {jitter_eps}")
+        if not 1 <= top_k <= min(self.max_top_k, num_experts):
+            raise ValueError(
+                f"top_k={top_k} is not allowed for router {self.name!r} with {num_experts} experts "
+                f"(allowed: 1..{min(self.max_top_k, num_experts)})")
+        self.num_experts = num_experts
+        self.jitter_eps = float(jitter_eps)
+        self.top_k = top_k
+        self.proj = nn.Linear(embed_dim, num_experts, bias=False)
+
+    name = "router"
+
+    def forward(self, x: torch.Tensor, padding_mask: Optional[torch.Tensor] = None) -> RouterOutput:
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            logits = F.linear(x.float(), self.proj.weight.float())  # (T, N) in fp32
+        return self.route(logits, padding_mask)
+
+    def route(self, logits: torch.Tensor, padding_mask: Optional[torch.Tensor] = None) -> RouterOutput:
+        if logits.dim() != 2 or logits.size(-1) != self.num_experts:
+            raise ValueError(f"logits must be (tokens, {self.num_experts}), got {tuple(logits.shape)}")
+        with torch.autocast(device_type=logits.device.type, enabled=False):
+            logits = logits.float()  # never in place: a new tensor for fp16/bf16, the caller's otherwise
+            expert_index, gate, probs = self.select(logits)
+            return self._with_stats(logits, expert_index, gate, probs, padding_mask)
+
+    def select(self, logits):
+        raise NotImplementedError
+
+    def _with_stats(self, logits, expert_index, gate, probs, padding_mask) -> RouterOutput:
+        n = self.num_experts
+        keep = None if padding_mask is None else ~padding_mask.reshape(-1)
+        first = expert_index[:, 0]
+        p, z, lg = probs, torch.logsumexp(logits, dim=-1), logits
+        if keep is not None:
+            first, p, z, lg = first[keep], p[keep], z[keep], lg[keep]
+        tokens = first.numel()
+        counts = torch.bincount(first, minlength=n)
+        if tokens == 0:
+            zero = logits.sum() * 0.0
+            return RouterOutput(expert_index, gate, probs, zero, zero, counts,
+                                zero.detach(), zero.detach())
+        frac = counts.float() / tokens  # f_e, no gradient
+        balance = n * (frac * p.mean(dim=0)).sum()
+        with torch.no_grad():
+            ent = -(p * torch.log(p.clamp_min(1e-30))).sum(-1).mean()
+            non_argmax = (first != lg.argmax(dim=-1)).float().mean()
+        return RouterOutput(expert_index, gate, probs, balance, (z ** 2).mean(), counts, ent, non_argmax)

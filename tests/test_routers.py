@@ -1,0 +1,282 @@
+"""Routers against their defining formulas (paper §3-§4; GRIN-MoE for v2)."""
+import math
+
+import pytest
+import torch
+
+from fairseq_sparsemixer.routers import ROUTERS, build_router, relative_mask
+
+V1 = ["sparsemixer", "sparsemixer-1st", "sparsemixer-2nd", "sparsemixer-inf"]
+
+
+def ref_drop(logits, r):
+    """The paper's mask, written as in the paper (with the division), for hand-checked inputs."""
+    best = logits.max(-1, keepdim=True).values
+    factor = torch.maximum(logits.abs(), best)
+    with torch.no_grad():
+        ratio = (best - logits) / factor
+    return torch.nan_to_num(ratio, nan=0.0) > 2 * r
+
+
+def scale_dist(name, is_argmax):
+    """[(s, P(s))] of the forward scale for each router (the issue's definition)."""
+    if name == "sparsemixer-1st" or (name in ("sparsemixer", "sparsemixer-inf") and is_argmax):
+        return [(1.0, 1.0)]
+    if name in ("sparsemixer", "sparsemixer-2nd"):
+        return [(1.0, 0.5), (0.5, 0.5)]
+    if name == "sparsemixer-v2":
+        return [(1.0, 1.0)] if is_argmax else [(1.0, 0.25), (1.0 / 3.0, 0.75)]
+    if name == "sparsemixer-inf":  # s ~ U(0,1): Gauss-Legendre nodes (exact for our quadratic φ')
+        return [(0.5 - 0.5 / math.sqrt(3), 0.5), (0.5 + 0.5 / math.sqrt(3), 0.5)]
+    raise KeyError(name)
+
+
+def dphi(g, a, b):  # φ(g) = ½ (g·a − b)², φ'(g) = a (g·a − b)
+    return a * (g * a - b)
+
+
+def expected_grad(name, theta, a, b, r=0.1, mask=True):
+    """E over D ~ π and the scale of the router's gradient wrt θ, by enumeration:
+    Σ_D π_D Σ_s P(s|D) c φ_D'(s π_D) π_D (e_D − π)."""
+    c = 1.0 if name == "sparsemixer-v2" else 2.0
+    drop = ref_drop(theta, r) if mask else torch.zeros_like(theta, dtype=torch.bool)
+    pi = theta.masked_fill(drop, float("-inf")).softmax(-1).double()
+    n = theta.numel()
+    g = torch.zeros(n, dtype=torch.float64)
+    top = int(theta.argmax())
+    for d in range(n):
+        if pi[d] == 0:
+            continue
+        e = torch.zeros(n, dtype=torch.float64)
+        e[d] = 1
+        for s, ps in scale_dist(name, d == top):
+            g += pi[d] * ps * c * dphi(s * pi[d], a[d], b) * pi[d] * (e - pi)
+    return g
+
+
+def mc_grad(router, theta, a, b, tokens=200_000):
+    """Per-token router gradients of Σ_t φ_{D_t}(gate_t) for `tokens` copies of θ."""
+    logits = theta.float().expand(tokens, -1).clone().requires_grad_(True)
+    out = router.route(logits)
+    d = out.expert_index[:, 0]
+    loss = 0.5 * (out.gate[:, 0] * a[d] - b) ** 2
+    loss.sum().backward()
+    return logits.grad.double(), out
+
+
+@pytest.mark.parametrize("name", V1 + ["sparsemixer-v2"])
+def test_expected_gradient_matches_formula(name):
+    torch.manual_seed(0)
+    router = build_router(name, embed_dim=4, num_experts=5, jitter_eps=0.1).train()
+    theta = torch.tensor([1.0, 0.93, 0.85, 0.2, -0.5])  # experts 0-2 kept, 3-4 masked
+    a = torch.tensor([1.5, -1.0, 2.0, 0.7, 0.3])
+    b = 0.4
+    grads, _ = mc_grad(router, theta, a, b)
+    want = expected_grad(name, theta, a, b)
+    mean, se = grads.mean(0), grads.std(0) / math.sqrt(grads.size(0))
+    assert torch.all((mean - want).abs() <= 5 * se + 1e-7), (mean, want, se)
+    assert torch.all(grads[:, 3:] == 0)  # masked experts: exactly zero gradient
+    assert want.abs().max() > 0.01  # the check is not vacuous
+
+
+def test_v2_top2_expected_gradient():
+    torch.manual_seed(1)
+    router = build_router("sparsemixer-v2", embed_dim=4, num_experts=4, top_k=2).train()
+    theta = torch.tensor([1.0, 0.95, 0.9, -2.0])
+    a1, a2, b = torch.tensor([1.0, -2.0, 0.5, 1.0]), torch.tensor([0.5, 1.5, -1.0, 2.0]), 0.3
+    logits = theta.expand(200_000, -1).clone().requires_grad_(True)
+    out = router.route(logits)
+    d1, d2 = out.expert_index[:, 0], out.expert_index[:, 1]
+    assert torch.all(d1 != d2)
+    loss = 0.5 * (out.gate[:, 0] * a1[d1] - b) ** 2 + 0.5 * (out.gate[:, 1] * a2[d2] - b) ** 2
+    loss.sum().backward()
+    grads = logits.grad.double()
+    # exact: first stage + Σ_{D1} π_{D1} (second stage on θ with D1 removed)
+    want = expected_grad("sparsemixer-v2", theta, a1, b)
+    pi = theta.masked_fill(ref_drop(theta, 0.1), float("-inf")).softmax(-1).double()
+    for d in range(4):
+        if pi[d] == 0:
+            continue
+        rest = theta.clone()
+        rest[d] = float("-inf")
+        best2 = rest.max()
+        drop2 = ((best2 - theta) / torch.maximum(theta.abs(), best2) > 0.2) | (torch.arange(4) == d)
+        pi2 = theta.masked_fill(drop2, float("-inf")).softmax(-1).double()
+        top2 = int(rest.argmax())
+        for d2 in range(4):
+            if pi2[d2] == 0:
+                continue
+            e = torch.zeros(4, dtype=torch.float64)
+            e[d2] = 1
+            for s, ps in scale_dist("sparsemixer-v2", d2 == top2):
+                want += pi[d] * pi2[d2] * ps * dphi(s * pi2[d2], a2[d2], b) * pi2[d2] * (e - pi2)
+    mean, se = grads.mean(0), grads.std(0) / math.sqrt(grads.size(0))
+    assert torch.all((mean - want).abs() <= 5 * se + 1e-7), (mean, want, se)
+    assert torch.all(grads[:, 3] == 0)
+
+
+def test_switch_gradient_is_plain_autograd_of_argmax_prob():
+    router = build_router("switch", embed_dim=4, num_experts=3, jitter_eps=0.0).train()
+    theta = torch.tensor([[0.3, 1.2, -0.4]], requires_grad=True)
+    out = router.route(theta)
+    assert out.expert_index.item() == 1
+    (out.gate * 3.0).sum().backward()
+    p = theta.detach().softmax(-1)[0]
+    want = 3.0 * p[1] * (torch.eye(3)[1] - p)
+    torch.testing.assert_close(theta.grad[0], want)
+
+
+def test_switch_jitter_is_multiplicative_uniform():
+    torch.manual_seed(0)
+    router = build_router("switch", embed_dim=4, num_experts=2, jitter_eps=0.1).train()
+    # θ = (1, 0.95): expert 1 wins iff 0.95 u1 > u0, u ~ U(0.9, 1.1)
+    out = router.route(torch.tensor([1.0, 0.95]).expand(100_000, -1))
+    freq = (out.expert_index == 1).float().mean().item()
+    # exact P(0.95 u1 > u0) for independent U(0.9, 1.1), by fine numerical integration
+    u1 = torch.linspace(0.9, 1.1, 200_001, dtype=torch.float64)
+    want = ((0.95 * u1 - 0.9).clamp(0, 0.2) / 0.2).mean().item()
+    assert abs(freq - want) < 5 * math.sqrt(want * (1 - want) / 100_000)
+
+
+def test_sparsemixer_beats_switch_against_exact_gradient():
+    """On random problems, the expected SparseMixer gradient is closer (cosine) to the exact
+    ∇_θ E_{D~π}[φ_D(π_D)] than Switch's gradient is (no mask, so both target the same π)."""
+    g = torch.Generator().manual_seed(0)
+    cos_sm, cos_sw = [], []
+    for _ in range(200):
+        n = int(torch.randint(2, 7, (1,), generator=g))
+        theta = torch.randn(n, generator=g, dtype=torch.float64)
+        a = torch.randn(n, generator=g, dtype=torch.float64) * 2
+        b = float(torch.randn(1, generator=g))
+        t = theta.clone().requires_grad_(True)
+        pi = t.softmax(-1)
+        (pi * 0.5 * (pi * a - b) ** 2).sum().backward()
+        exact = t.grad
+        sm = expected_grad("sparsemixer", theta, a, b, mask=False)
+        p = theta.softmax(-1)
+        top = int(theta.argmax())
+        sw = dphi(p[top], a[top], b) * p[top] * (torch.eye(n, dtype=torch.float64)[top] - p)
+        cos = torch.nn.functional.cosine_similarity
+        cos_sm.append(cos(sm, exact, dim=0).item())
+        cos_sw.append(cos(sw, exact, dim=0).item())
+    mean_sm, mean_sw = sum(cos_sm) / 200, sum(cos_sw) / 200
+    assert mean_sm > mean_sw + 0.1, (mean_sm, mean_sw)
+
+
+@pytest.mark.parametrize("logits,r,dropped", [
+    ([2.0, 1.7, 1.5, -1.0], 0.1, [False, False, True, True]),
+    ([-1.0, -1.1, -1.5], 0.1, [False, False, True]),  # all negative: factor is |θ_j|
+    ([1.0, 1.0, 0.0], 0.1, [False, False, True]),  # ties kept
+    ([0.0, 0.0, 0.0], 0.1, [False, False, False]),  # 0/0 never drops
+    ([3.0], 0.1, [False]),  # one expert
+    ([1e4, -1e4, 9e3], 0.1, [False, True, False]),
+    ([1.0, 0.9, 0.5], 0.0, [False, True, True]),  # r = 0: only the best
+])
+def test_mask_rule_hand_worked(logits, r, dropped):
+    t = torch.tensor([logits])
+    assert relative_mask(t, r)[0].tolist() == dropped
+    assert ref_drop(t, r)[0].tolist() == dropped
+    assert relative_mask(t.half(), r)[0].tolist() == dropped
+
+
+@pytest.mark.parametrize("name", list(ROUTERS))
+@pytest.mark.parametrize("logits", [[1e4, -1e4, 9e3, 0.0], [-3.0, -3.0, -3.0, -50.0],
+                                    [0.0, 0.0, 0.0, 0.0], [65000.0, -65000.0, 1.0, 2.0]])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_no_nan_and_float32(name, logits, dtype):
+    torch.manual_seed(0)
+    router = build_router(name, embed_dim=4, num_experts=4).train()
+    x = torch.tensor(logits, dtype=dtype).expand(1000, -1).clone().requires_grad_(True)
+    out = router.route(x)
+    assert out.gate.dtype == torch.float32 and out.probs.dtype == torch.float32
+    (out.gate.sum() + out.balance_loss + out.z_loss).backward()
+    for t in (out.gate, out.probs, out.balance_loss, out.z_loss, x.grad):
+        assert torch.isfinite(t).all()
+
+
+def test_single_expert():
+    for name in ROUTERS:
+        router = build_router(name, embed_dim=4, num_experts=1).train()
+        out = router.route(torch.randn(10, 1))
+        assert torch.all(out.expert_index == 0) and torch.allclose(out.probs, torch.ones(10, 1))
+
+
+@pytest.mark.parametrize("name", list(ROUTERS))
+def test_route_never_modifies_logits(name):
+    router = build_router(name, embed_dim=4, num_experts=4).train()
+    logits = torch.tensor([[3.0, -2.0, 2.9, 0.1]] * 8)
+    before = logits.clone()
+    router.route(logits)
+    assert torch.equal(logits, before)
+
+
+@pytest.mark.parametrize("name", list(ROUTERS))
+def test_eval_is_argmax_and_prob(name):
+    router = build_router(name, embed_dim=4, num_experts=4).eval()
+    logits = torch.randn(50, 4)
+    a, b = router.route(logits), router.route(logits)
+    assert torch.equal(a.expert_index, b.expert_index) and torch.equal(a.gate, b.gate)
+    assert torch.equal(a.expert_index[:, 0], logits.argmax(-1))
+    torch.testing.assert_close(a.gate[:, :1], a.probs.gather(-1, a.expert_index[:, :1]))
+
+
+@pytest.mark.parametrize("name", V1 + ["sparsemixer-v2"])
+def test_sampling_frequencies_match_pi(name):
+    torch.manual_seed(0)
+    router = build_router(name, embed_dim=4, num_experts=4, jitter_eps=0.5).train()
+    theta = torch.tensor([1.0, 0.8, 0.6, 0.5])
+    out = router.route(theta.expand(100_000, -1))
+    pi = out.probs[0]
+    counts = torch.bincount(out.expert_index[:, 0], minlength=4).double()
+    expected = pi.double() * 100_000
+    chi2 = ((counts - expected) ** 2 / expected).sum().item()
+    assert chi2 < 16.27  # chi-square, 3 dof, p = 0.001
+
+
+def test_forward_scale_frequencies():
+    torch.manual_seed(0)
+    theta = torch.tensor([1.0, 0.95]).expand(200_000, -1)
+    for name, off_argmax in [("sparsemixer", {1.0: 0.5, 0.5: 0.5}),
+                             ("sparsemixer-v2", {1.0: 0.25, 1 / 3: 0.75})]:
+        out = build_router(name, embed_dim=4, num_experts=2).train().route(theta)
+        off = out.expert_index[:, 0] == 1
+        s = out.gate[off, 0] / out.probs[off, 1]
+        for value, p in off_argmax.items():
+            frac = ((s - value).abs() < 1e-5).float().mean().item()
+            assert abs(frac - p) < 0.01, (name, value, frac)
+        on = out.gate[~off, 0] / out.probs[~off, 0]
+        torch.testing.assert_close(on, torch.ones_like(on))
+
+
+def test_unknown_name_lists_valid_names():
+    with pytest.raises(ValueError, match="sparsemixer-v2"):
+        build_router("nope", embed_dim=4, num_experts=2)
+
+
+@pytest.mark.parametrize("kwargs", [dict(num_experts=0), dict(jitter_eps=-0.1),
+                                    dict(top_k=2), dict(top_k=3, name="sparsemixer-v2"),
+                                    dict(mask=False, name="switch")])
+def test_bad_options(kwargs):
+    kwargs = {"name": "sparsemixer", "embed_dim": 4, "num_experts": 2, **kwargs}
+    with pytest.raises(ValueError):
+        build_router(**kwargs)
+
+
+def test_no_mask_option_uses_full_softmax():
+    router = build_router("sparsemixer", embed_dim=4, num_experts=3, mask=False).eval()
+    logits = torch.tensor([[5.0, 0.0, -5.0]])
+    torch.testing.assert_close(router.route(logits).probs, logits.softmax(-1))
+
+
+def test_balance_loss_and_pads():
+    router = build_router("sparsemixer", embed_dim=4, num_experts=3).eval()
+    logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 2.0, 0.0], [0.0, 0.0, 2.0], [2.0, 1.0, 0.0]])
+    pad = torch.tensor([False, False, True, False])
+    out = router.route(logits, pad)
+    ref = router.route(logits[~pad])
+    torch.testing.assert_close(out.balance_loss, ref.balance_loss)
+    assert out.expert_counts.tolist() == [2, 1, 0]
+    p = ref.probs
+    want = 3 * (torch.tensor([2 / 3, 1 / 3, 0.0]) * p.mean(0)).sum()
+    torch.testing.assert_close(out.balance_loss, want)
+    torch.testing.assert_close(out.z_loss, (torch.logsumexp(logits[~pad], -1) ** 2).mean())
