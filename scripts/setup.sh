@@ -3,7 +3,8 @@
 # CUDA torch by accident:
 #   1. torch: kept if the venv already has one (GPU users: install your CUDA build of
 #      torch into .venv first), else torch==2.13.0 (the CPU build).
-#   2. requirements/base.txt under a constraint pinning the torch that is installed.
+#   2. requirements/base.txt under constraints: the torch that is installed and the
+#      transitive pins of requirements/lock.txt.
 #   3. ve-fairseq, hash-checked, --no-deps (its torchaudio requirement is never installed).
 #   4. this package, editable, --no-deps.
 # Usage: bash scripts/setup.sh            (VENV=path to use another location)
@@ -33,6 +34,7 @@ installed_torch="$("$VENV/bin/python" -c 'import torch; print(torch.__version__.
 cons="$(mktemp)"; trap 'rm -f "$cons"' EXIT
 echo "torch==$installed_torch" > "$cons"
 echo "setup.sh: installing requirements (torch kept at $installed_torch)"
+cat "$ROOT/requirements/lock.txt" >> "$cons"
 "${pip[@]}" install -c "$cons" -r "$ROOT/requirements/base.txt"
 echo "setup.sh: installing ve-fairseq (hash-checked, --no-deps)"
 "${pip[@]}" install --no-deps --require-hashes -r "$ROOT/requirements/fairseq.txt"

@@ -1,0 +1,65 @@
+"""The --moe-* flags: one definition for argparse, hydra configs and validation."""
+from ..routers import ROUTERS, router_class
+
+# name -> (default, type, help)
+MOE_ARGS = {
+    "moe_experts": (4, int, "number of experts in each MoE feed-forward layer (>= 1)"),
+    "moe_router": ("sparsemixer", str, f"router: one of {', '.join(ROUTERS)}"),
+    "moe_jitter_eps": (0.1, float, "r: the mask's relative distance 2r (SparseMixer) / the "
+                                   "U(1-r, 1+r) logit noise (switch); >= 0"),
+    "moe_freq": (2, int, "every K-th FFN is MoE, starting at layer 0 (>= 1)"),
+    "moe_top_k": (1, int, "experts per token (2 only with sparsemixer-v2)"),
+    "moe_capacity_factor": (0.0, float, "0 = dropless; > 0 drops overflow tokens"),
+    "moe_no_gate_scaling": (False, bool, "y = f_D(x): no gate in the output (ablation)"),
+    "moe_no_omega": (False, bool, "no learned per-channel omega (ablation)"),
+    "moe_no_mask": (False, bool, "sample from the full softmax, without the mask (ablation)"),
+}
+
+
+def add_moe_args(parser):
+    for name, (default, typ, help_) in MOE_ARGS.items():
+        flag = "--" + name.replace("_", "-")
+        if typ is bool:
+            parser.add_argument(flag, action="store_true", help=help_)
+        else:
+            parser.add_argument(flag, type=typ, metavar=typ.__name__.upper(), help=help_)
+
+
+def set_moe_defaults(args):
+    for name, (default, _, _) in MOE_ARGS.items():
+        if getattr(args, name, None) is None:
+            setattr(args, name, default)
+
+
+def check_moe_args(args):
+    """Raise ValueError naming the flag, the bad value and what is allowed."""
+    n, k = args.moe_experts, args.moe_top_k
+    if args.moe_router not in ROUTERS:
+        raise ValueError(f"--moe-router {args.moe_router!r} is unknown; valid: {', '.join(ROUTERS)}")
+    if n < 1:
+        raise ValueError(f"--moe-experts {n} is invalid; it must be >= 1")
+    if args.moe_jitter_eps < 0:
+        raise ValueError(f"--moe-jitter-eps {args.moe_jitter_eps} is invalid; it must be >= 0")
+    if args.moe_freq < 1:
+        raise ValueError(f"--moe-freq {args.moe_freq} is invalid; it must be >= 1")
+    if args.moe_capacity_factor < 0:
+        raise ValueError(f"--moe-capacity-factor {args.moe_capacity_factor} is invalid; "
+                         "it must be >= 0 (0 = dropless)")
+    max_k = router_class(args.moe_router).max_top_k
+    if not 1 <= k <= min(n, max_k):
+        raise ValueError(f"--moe-top-k {k} is invalid for --moe-router {args.moe_router} with "
+                         f"--moe-experts {n}; allowed: 1..{min(n, max_k)}")
+    if args.moe_no_mask and args.moe_router == "switch":
+        raise ValueError("--moe-no-mask does not apply to --moe-router switch (it has no mask)")
+
+
+def moe_layer_kwargs(args):
+    """Keyword arguments of MoEFeedForward from the flags."""
+    kw = dict(num_experts=args.moe_experts, router=args.moe_router, jitter_eps=args.moe_jitter_eps,
+              top_k=args.moe_top_k, capacity_factor=args.moe_capacity_factor,
+              gate_scaling=not args.moe_no_gate_scaling)
+    if args.moe_no_omega:
+        kw["omega"] = False
+    if args.moe_no_mask:
+        kw["mask"] = False
+    return kw

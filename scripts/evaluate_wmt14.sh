@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Translate a test set with a trained model and report BLEU.
+#
+#   bash scripts/evaluate_wmt14.sh --save-dir DIR [--prep-dir DIR] [--average K] [--subset test]
+#        [--beam 4] [--lenpen 0.6] [--max-tokens 8000] [-- extra fairseq-generate args]
+#
+# --prep-dir is the output of prepare_wmt14.sh (default work/wmt14_en_de): its bin/ is the
+# data, raw/<subset>.de the references. With --average K > 1 the last K checkpoints are
+# averaged into SAVE_DIR/averaged_last<K>.pt; else checkpoint_best.pt is used (checkpoint_last.pt
+# if there is no best). Reports (a) detokenized sacreBLEU with its signature and (b) tokenized
+# BLEU with compound splitting (the paper's number), and writes SAVE_DIR/eval_<subset>.json.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+die() { echo "evaluate_wmt14.sh: error: $*" >&2; exit 1; }
+SAVE="" PREP="$ROOT/work/wmt14_en_de" AVG=1 SUBSET=test BEAM=4 LENPEN=0.6 MAXTOK=8000 EXTRA=()
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --save-dir) SAVE="${2:?}"; shift 2 ;;
+        --prep-dir) PREP="${2:?}"; shift 2 ;;
+        --average) AVG="${2:?}"; shift 2 ;;
+        --subset) SUBSET="${2:?}"; shift 2 ;;
+        --beam) BEAM="${2:?}"; shift 2 ;;
+        --lenpen) LENPEN="${2:?}"; shift 2 ;;
+        --max-tokens) MAXTOK="${2:?}"; shift 2 ;;
+        --) shift; EXTRA=("$@"); break ;;
+        -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+        *) die "unknown option $1 (see --help)" ;;
+    esac
+done
+[[ -n "$SAVE" ]] || die "--save-dir is required"
+[[ -d "$SAVE" ]] || die "--save-dir $SAVE does not exist"
+[[ -f "$PREP/bin/dict.en.txt" ]] || die "$PREP/bin is not a prepared data dir (run scripts/prepare_wmt14.sh)"
+REF="$PREP/raw/$SUBSET.de"
+[[ -f "$REF" ]] || die "reference $REF not found"
+command -v fairseq-generate >/dev/null || die "fairseq-generate not found; run 'bash scripts/setup.sh' and 'source .venv/bin/activate'"
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+
+if [[ "$AVG" -gt 1 ]]; then
+    CKPT="$SAVE/averaged_last$AVG.pt"
+    python -m fairseq_sparsemixer.average_checkpoints --save-dir "$SAVE" --last "$AVG" --out "$CKPT"
+elif [[ -f "$SAVE/checkpoint_best.pt" ]]; then CKPT="$SAVE/checkpoint_best.pt"
+elif [[ -f "$SAVE/checkpoint_last.pt" ]]; then CKPT="$SAVE/checkpoint_last.pt"
+else die "no checkpoint_best.pt or checkpoint_last.pt in $SAVE"; fi
+
+GEN="$SAVE/generate_$SUBSET.txt"
+CPU=()
+python -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' || CPU=(--cpu)
+echo "evaluate_wmt14.sh: translating $SUBSET with $CKPT (beam $BEAM, lenpen $LENPEN)"
+fairseq-generate "$PREP/bin" --user-dir "$ROOT/fairseq_sparsemixer" --path "$CKPT" \
+    --gen-subset "$SUBSET" --source-lang en --target-lang de --beam "$BEAM" --lenpen "$LENPEN" \
+    --max-tokens "$MAXTOK" --required-batch-size-multiple 1 --remove-bpe sentencepiece \
+    "${CPU[@]}" ${EXTRA[@]+"${EXTRA[@]}"} > "$GEN.tmp" 2> "$SAVE/generate_$SUBSET.log" \
+    || { tail -n 5 "$SAVE/generate_$SUBSET.log" >&2; die "fairseq-generate failed (log: $SAVE/generate_$SUBSET.log)"; }
+mv "$GEN.tmp" "$GEN"
+HYP="$SAVE/hyp_$SUBSET.de"
+grep -P '^H-\d+\t' "$GEN" | sed 's/^H-//' | sort -n -k1,1 -t $'\t' | cut -f3 > "$HYP.tmp"
+n_hyp=$(wc -l < "$HYP.tmp"); n_ref=$(wc -l < "$REF")
+[[ "$n_hyp" == "$n_ref" ]] || die "$n_hyp hypotheses for $n_ref references: fairseq-generate skipped sentences (see $GEN)"
+mv "$HYP.tmp" "$HYP"
+python -m fairseq_sparsemixer.bleu --hyp "$HYP" --ref "$REF" --json "$SAVE/eval_$SUBSET.json.part"
+python - "$SAVE/eval_$SUBSET.json" "$CKPT" "$BEAM" "$LENPEN" <<'PY'
+import json, os, sys
+out, ckpt, beam, lenpen = sys.argv[1:]
+r = json.load(open(out + ".part"))
+r.update(checkpoint=os.path.abspath(ckpt), beam=int(beam), lenpen=float(lenpen))
+json.dump(r, open(out + ".tmp", "w"), indent=2)
+os.replace(out + ".tmp", out)
+os.remove(out + ".part")
+PY
+echo "evaluate_wmt14.sh: wrote $SAVE/eval_$SUBSET.json"

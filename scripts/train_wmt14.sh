@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# Train a Switch-Transformer (or the dense baseline) on prepared WMT'14 En-De data.
+#
+#   bash scripts/train_wmt14.sh --router sparsemixer --experts 4 [--arch ARCH] [--data DIR]
+#        [--save-dir DIR] [--seed S] [--max-update N] [--recipe paper|cpu-tiny] [--dense]
+#        [-- extra fairseq-train args]
+#
+# --experts 0 or --dense trains fairseq's own `transformer` arch of the same dims.
+# Recipes (fairseq flags; extra args after -- override them):
+#   paper     the paper's: Adam (0.9, 0.98), lr 7e-4, inverse-sqrt, 8000 warmup from 1e-7,
+#             dropout 0.1, label smoothing 0.1, shared embeddings, 8192 tokens x 16 per update
+#             in total (--update-freq = 16 / #GPUs, rounded up), fp16 on GPU,
+#             arch switch_transformer_wmt_en_de, max update 100k (set --max-update).
+#   cpu-tiny  the quickstart's: switch_transformer_tiny, lr 3e-3, 200 warmup, 2048 tokens
+#             per update, measured to learn on 2 CPU cores in minutes (README).
+# Multi-GPU on one machine: all visible GPUs, through fairseq's own distributed training
+# (CUDA_VISIBLE_DEVICES picks them). Multi-node: see docs/multi_node.md (torchrun).
+# Without a GPU it runs on CPU, with a warning. Logs: SAVE_DIR/train.log (json), tensorboard
+# in SAVE_DIR/tb, and the exact command in SAVE_DIR/command.txt. Rerunning the same command
+# resumes from SAVE_DIR/checkpoint_last.pt.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+die() { echo "train_wmt14.sh: error: $*" >&2; exit 1; }
+ROUTER=sparsemixer EXPERTS=4 ARCH="" DATA="$ROOT/work/wmt14_en_de/bin" SAVE="" SEED=1
+MAXUPD="" RECIPE=paper EXTRA=()
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --router) ROUTER="${2:?}"; shift 2 ;;
+        --experts) EXPERTS="${2:?}"; shift 2 ;;
+        --dense) EXPERTS=0; shift ;;
+        --arch) ARCH="${2:?}"; shift 2 ;;
+        --data) DATA="${2:?}"; shift 2 ;;
+        --save-dir) SAVE="${2:?}"; shift 2 ;;
+        --seed) SEED="${2:?}"; shift 2 ;;
+        --max-update) MAXUPD="${2:?}"; shift 2 ;;
+        --recipe) RECIPE="${2:?}"; shift 2 ;;
+        --) shift; EXTRA=("$@"); break ;;
+        -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
+        *) die "unknown option $1 (see --help)" ;;
+    esac
+done
+[[ "$EXPERTS" =~ ^[0-9]+$ ]] || die "--experts must be a number >= 0, got '$EXPERTS'"
+[[ -f "$DATA/dict.en.txt" ]] || die "--data $DATA is not a binarized data dir (run scripts/prepare_wmt14.sh first)"
+command -v fairseq-train >/dev/null || die "fairseq-train not found; run 'bash scripts/setup.sh' and 'source .venv/bin/activate'"
+
+case "$RECIPE" in
+    paper)
+        ARCH="${ARCH:-switch_transformer_wmt_en_de}"; MAXUPD="${MAXUPD:-100000}"
+        LR=7e-4 WARMUP=8000 TOKENS=8192 TOTAL_BATCH=16 ;;
+    cpu-tiny)
+        ARCH="${ARCH:-switch_transformer_tiny}"; MAXUPD="${MAXUPD:-100000}"
+        LR=3e-3 WARMUP=200 TOKENS=2048 TOTAL_BATCH=1 ;;
+    *) die "--recipe must be paper or cpu-tiny, got '$RECIPE'" ;;
+esac
+if [[ "$EXPERTS" == 0 ]]; then
+    MODEL=(--arch "${ARCH/switch_transformer/transformer}")  # fairseq's dense arch, same dims
+    [[ "$ARCH" == switch_transformer_tiny ]] && MODEL=(--arch transformer --encoder-embed-dim 128
+        --encoder-ffn-embed-dim 512 --encoder-attention-heads 4 --encoder-layers 3 --decoder-embed-dim 128
+        --decoder-ffn-embed-dim 512 --decoder-attention-heads 4 --decoder-layers 3
+        --encoder-normalize-before --decoder-normalize-before)
+    [[ "$ARCH" == switch_transformer_wmt_en_de ]] && MODEL=(--arch transformer_wmt_en_de)
+    CRIT=label_smoothed_cross_entropy; NAME="dense"
+else
+    MODEL=(--arch "$ARCH" --moe-experts "$EXPERTS" --moe-router "$ROUTER")
+    CRIT=moe_label_smoothed_cross_entropy; NAME="$ROUTER-e$EXPERTS"
+fi
+SAVE="${SAVE:-$ROOT/checkpoints/$NAME-$ARCH-s$SEED}"
+
+NGPU=$(python -c 'import torch; print(torch.cuda.device_count())' 2>/dev/null || echo 0)
+if [[ "$NGPU" -gt 0 ]]; then
+    DEV=(--fp16 --distributed-world-size "$NGPU"); UPDATE_FREQ=$(( (TOTAL_BATCH + NGPU - 1) / NGPU ))
+else
+    echo "train_wmt14.sh: warning: no GPU found, training on CPU (fine for the sample, far too slow for WMT'14)" >&2
+    DEV=(--cpu); UPDATE_FREQ=$TOTAL_BATCH
+fi
+TB=()
+python -c 'import tensorboardX' 2>/dev/null && TB=(--tensorboard-logdir "$SAVE/tb")
+
+CMD=(fairseq-train "$DATA" --user-dir "$ROOT/fairseq_sparsemixer" "${MODEL[@]}"
+     --task translation --source-lang en --target-lang de --share-all-embeddings
+     --optimizer adam --adam-betas '(0.9, 0.98)' --clip-norm 0.0
+     --lr "$LR" --lr-scheduler inverse_sqrt --warmup-updates "$WARMUP" --warmup-init-lr 1e-07
+     --dropout 0.1 --weight-decay 0.0 --criterion "$CRIT" --label-smoothing 0.1
+     --max-tokens "$TOKENS" --update-freq "$UPDATE_FREQ" --max-update "$MAXUPD" --seed "$SEED"
+     --save-dir "$SAVE" --log-format json --log-interval 50 --log-file "$SAVE/train.log"
+     "${DEV[@]}" ${TB[@]+"${TB[@]}"} ${EXTRA[@]+"${EXTRA[@]}"})
+# parse the flags as fairseq-train will (arch defaults and --moe-* checks included) before
+# anything is written to SAVE_DIR: a bad value stops here with one line
+python -c 'import sys; from fairseq import options; options.parse_args_and_arch(options.get_training_parser(), sys.argv[1:])' \
+    "${CMD[@]:1}" || die "fairseq-train rejected the arguments (message above)"
+mkdir -p "$SAVE"
+printf '%q ' "${CMD[@]}" > "$SAVE/command.txt"; echo >> "$SAVE/command.txt"
+echo "train_wmt14.sh: $NAME $ARCH on $DATA -> $SAVE ($NGPU GPU(s), update-freq $UPDATE_FREQ)"
+exec "${CMD[@]}"

@@ -1,0 +1,53 @@
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent  # the venv's fairseq-* and sacrebleu
+# a model small enough for a few updates in seconds (dims override the recipe's arch)
+SMALL = ["--encoder-embed-dim", "64", "--decoder-embed-dim", "64", "--encoder-ffn-embed-dim", "128",
+         "--decoder-ffn-embed-dim", "128", "--encoder-attention-heads", "2", "--decoder-attention-heads", "2",
+         "--max-tokens", "1024", "--log-interval", "1", "--no-progress-bar"]
+
+
+def run(cmd, check=True, **kw):
+    env = dict(os.environ, PATH=f"{BIN}:{os.environ['PATH']}", PYTHONUNBUFFERED="1")
+    env.update(kw.pop("env", {}))
+    p = subprocess.run([str(c) for c in cmd], cwd=kw.pop("cwd", ROOT), env=env, capture_output=True,
+                       text=True, **kw)
+    if check and p.returncode != 0:
+        raise AssertionError(f"{cmd} failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
+    return p
+
+
+@pytest.fixture(scope="session")
+def prepared(tmp_path_factory):
+    """The bundled sample, prepared by the real script (sentencepiece + fairseq-preprocess)."""
+    out = tmp_path_factory.mktemp("prep") / "sample"
+    run(["bash", "scripts/prepare_wmt14.sh", "--sample", "--out", out, "--vocab-size", "4000"])
+    return out
+
+
+def train(prepared, save_dir, *extra, router="sparsemixer", experts="4", updates="6", check=True,
+          small=True):
+    dims = SMALL if small else ["--max-tokens", "1024", "--no-progress-bar"]
+    return run(["bash", "scripts/train_wmt14.sh", "--recipe", "cpu-tiny", "--data", prepared / "bin",
+                "--save-dir", save_dir, "--router", router, "--experts", experts, "--max-update", updates,
+                "--", *dims, *extra], check=check)
+
+
+@pytest.fixture(scope="session")
+def trained(prepared, tmp_path_factory):
+    """A switch_transformer (SparseMixer) trained for 6 updates through scripts/train_wmt14.sh."""
+    save = tmp_path_factory.mktemp("ckpt") / "sm"
+    train(prepared, save, "--save-interval-updates", "3", "--keep-interval-updates", "5")
+    return save
+
+
+def copytree(src, dst):
+    shutil.copytree(src, dst)
+    return dst

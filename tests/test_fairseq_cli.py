@@ -1,0 +1,186 @@
+"""The plugin through fairseq's real CLI on the bundled sample: preprocess -> train -> checkpoint ->
+generate -> sacreBLEU; hydra; resume; incremental decoding; bad flags; parameter counts."""
+import json
+import re
+
+import pytest
+import torch
+
+from conftest import ROOT, SMALL, run, train
+
+USER_DIR = str(ROOT / "fairseq_sparsemixer")
+
+
+def json_log(path):
+    """fairseq's json log lines (train_inner / train / valid records)."""
+    recs = []
+    for line in open(path):
+        m = re.search(r"(\{.*\})\s*$", line)
+        if m:
+            try:
+                recs.append(json.loads(m.group(1)))
+            except json.JSONDecodeError:
+                pass
+    return recs
+
+
+def test_prepare_outputs_and_rerun_does_no_work(prepared):
+    for s in ("train", "valid", "test"):
+        assert (prepared / "bin" / f"{s}.en-de.en.bin").is_file()
+    n = sum(1 for _ in open(prepared / "raw" / "test.de"))
+    assert n == 1000  # references are never filtered
+    p = run(["bash", "scripts/prepare_wmt14.sh", "--sample", "--out", prepared, "--vocab-size", "4000"])
+    assert "step" not in p.stdout and "ready" in p.stdout
+
+
+def test_train_generate_bleu(trained, prepared):
+    assert (trained / "checkpoint_last.pt").is_file() and (trained / "command.txt").is_file()
+    recs = json_log(trained / "train.log")
+    inner = [r for r in recs if "train_moe_balance" in r or "moe_balance" in r]
+    assert inner, "the MoE metrics are logged"
+    keys = set().union(*inner)
+    for k in ("moe_balance", "moe_entropy", "moe_non_argmax", "load_enc0_e0", "load_dec0_e3"):
+        assert any(k in key for key in keys), k
+    # evaluate: average the last 2 checkpoints, translate every test line, sacreBLEU + tok BLEU
+    run(["bash", "scripts/evaluate_wmt14.sh", "--save-dir", trained, "--prep-dir", prepared,
+         "--average", "2", "--beam", "2", "--", "--max-len-a", "0", "--max-len-b", "6"])
+    res = json.loads((trained / "eval_test.json").read_text())
+    assert res["sentences"] == 1000
+    assert res["sacrebleu_signature"].startswith("nrefs:1|case:mixed|eff:no|tok:13a")
+    assert 0 <= res["sacrebleu"] <= 100 and "averaged_last2" in res["checkpoint"]
+    hyps = (trained / "hyp_test.de").read_text().splitlines()
+    assert len(hyps) == 1000 and not any("▁" in h for h in hyps)  # sentencepiece decoded
+
+
+def test_evaluate_detects_missing_hypotheses(trained, prepared):
+    # --max-tokens so small that fairseq skips the longest test sentences
+    p = run(["bash", "scripts/evaluate_wmt14.sh", "--save-dir", trained, "--prep-dir", prepared,
+             "--beam", "1", "--", "--max-len-a", "0", "--max-len-b", "2", "--max-source-positions", "8",
+             "--skip-invalid-size-inputs-valid-test"], check=False)
+    assert p.returncode != 0 and "hypotheses for 1000 references" in p.stderr
+
+
+def test_resume_matches_uninterrupted_run(prepared, tmp_path):
+    full, part = tmp_path / "full", tmp_path / "part"
+    train(prepared, full, updates="6")
+    train(prepared, part, updates="3")
+    p = train(prepared, part, updates="6")
+    assert "Loaded checkpoint" in p.stdout + p.stderr
+    a = [r for r in json_log(full / "train.log") if "num_updates" in r and "loss" in r]
+    b = [r for r in json_log(part / "train.log") if "num_updates" in r and "loss" in r]
+    last = {r["num_updates"]: r["loss"] for r in a}
+    resumed = {r["num_updates"]: r["loss"] for r in b}
+    for u in ("5", "6"):
+        assert resumed[u] == last[u], (u, resumed, last)
+
+
+def test_hydra_train_gives_same_model(prepared, tmp_path):
+    save = tmp_path / "hydra"
+    run(["fairseq-hydra-train", "--config-dir", ROOT / "configs", "--config-name", "tiny_cpu",
+         f"task.data={prepared / 'bin'}", f"checkpoint.save_dir={save}", f"common.user_dir={USER_DIR}",
+         f"hydra.run.dir={tmp_path / 'hydra_out'}", "optimization.max_update=2",
+         "model.moe_experts=3", "model.moe_router=switch", "model.moe_freq=1"])
+    argp = tmp_path / "argparse"
+    train(prepared, argp, "--moe-freq", "1", router="switch", experts="3", updates="2", small=False)
+    a = torch.load(save / "checkpoint_last.pt", weights_only=False)
+    b = torch.load(argp / "checkpoint_last.pt", weights_only=False)
+    for ck in (a, b):
+        m = ck["cfg"]["model"]
+        assert (m.moe_experts, m.moe_router, m.moe_freq, m.moe_jitter_eps) == (3, "switch", 1, 0.1)
+    shapes = lambda sd: {k: tuple(v.shape) for k, v in sd.items()}
+    assert shapes(a["model"]) == shapes(b["model"])  # tiny_cpu.yaml == --recipe cpu-tiny
+    assert sum(k.endswith("experts.2.fc1.weight") for k in a["model"]) == 6
+
+
+@pytest.mark.parametrize("flags,needle", [
+    (["--moe-router", "nope"], "--moe-router 'nope'"),
+    (["--moe-experts", "0"], "--moe-experts 0"),
+    (["--moe-experts", "-2"], "--moe-experts -2"),
+    (["--moe-top-k", "5"], "--moe-top-k 5"),
+    (["--moe-top-k", "2"], "--moe-top-k 2"),  # sparsemixer is top-1 only
+    (["--moe-jitter-eps", "-0.1"], "--moe-jitter-eps -0.1"),
+    (["--moe-freq", "0"], "--moe-freq 0"),
+    (["--moe-capacity-factor", "-1"], "--moe-capacity-factor -1"),
+])
+def test_bad_flags_one_line_nothing_written(prepared, tmp_path, flags, needle):
+    save = tmp_path / "save"
+    p = run(["fairseq-train", prepared / "bin", "--user-dir", USER_DIR, "--arch", "switch_transformer_tiny",
+             "--save-dir", save, "--cpu", *flags], check=False)
+    assert p.returncode != 0
+    last = p.stderr.strip().splitlines()[-1]
+    assert last.startswith("switch_transformer: error:") and needle in last, p.stderr[-500:]
+    assert "Traceback" not in p.stderr and not save.exists()
+
+
+def test_unknown_arch_fails_cleanly(prepared, tmp_path):
+    p = run(["bash", "scripts/train_wmt14.sh", "--data", prepared / "bin", "--save-dir", tmp_path / "s",
+             "--arch", "switch_transformer_nope"], check=False)
+    assert p.returncode != 0 and "invalid choice" in p.stderr and not (tmp_path / "s").exists()
+
+
+def _build(prepared, arch_args):
+    from fairseq import options, tasks
+
+    parser = options.get_training_parser()
+    args = options.parse_args_and_arch(parser, [str(prepared / "bin"), "--user-dir", USER_DIR,
+                                                "--share-all-embeddings", *arch_args])
+    task = tasks.setup_task(args)
+    return task, task.build_model(args)
+
+
+def test_dense_and_switch_equal_non_ffn_params(prepared):
+    _, dense = _build(prepared, ["--arch", "transformer_wmt_en_de"])
+    _, moe = _build(prepared, ["--arch", "switch_transformer_wmt_en_de", "--moe-experts", "4"])
+    ffn = re.compile(r"\.(fc1|fc2)\.")
+    count = lambda m: sum(p.numel() for n, p in m.named_parameters() if not ffn.search(n))
+    assert count(dense) == count(moe) > 0
+    # dense layers of the MoE model are fairseq's own, with no router parameters
+    names = [n for n, _ in moe.named_parameters()]
+    assert any(n.startswith("encoder.layers.0.fc1.router") for n in names)
+    assert not any(n.startswith("encoder.layers.1.fc1.router") for n in names)
+    assert sum(".experts." in n for n in names) == 6 * 4 * 4  # 6 MoE layers x 4 experts x (w, b) x 2
+
+
+def test_incremental_decoding_equals_full_forward(trained, prepared):
+    from fairseq import checkpoint_utils
+
+    models, cfg, task = checkpoint_utils.load_model_ensemble_and_task(
+        [str(trained / "checkpoint_last.pt")], arg_overrides={"data": str(prepared / "bin")})
+    model = models[0].eval()
+    task.load_dataset("valid")
+    ds = task.dataset("valid")
+    batch = ds.collater([ds[i] for i in range(4)])
+    with torch.no_grad():
+        enc = model.encoder(batch["net_input"]["src_tokens"], src_lengths=batch["net_input"]["src_lengths"])
+        prev = batch["net_input"]["prev_output_tokens"]
+        full, _ = model.decoder(prev, encoder_out=enc)
+        state, steps = {}, []
+        for t in range(prev.size(1)):
+            out, _ = model.decoder(prev[:, : t + 1], encoder_out=enc, incremental_state=state)
+            steps.append(out)
+        inc = torch.cat(steps, 1)
+    mask = prev.ne(task.target_dictionary.pad())
+    torch.testing.assert_close(inc[mask], full[mask], atol=1e-4, rtol=1e-4)
+    with torch.no_grad():  # inference is deterministic
+        again, _ = model.decoder(prev, encoder_out=model.encoder(
+            batch["net_input"]["src_tokens"], src_lengths=batch["net_input"]["src_lengths"]))
+    assert torch.equal(again, full)
+
+
+def test_hub_loading_translates(trained, prepared):
+    from fairseq_sparsemixer.models.switch_transformer import SwitchTransformerModel
+
+    hub = SwitchTransformerModel.from_pretrained(
+        str(trained), checkpoint_file="checkpoint_last.pt", data_name_or_path=str(prepared / "bin"),
+        bpe="sentencepiece", sentencepiece_model=str(prepared / "spm.model"), beam=1, max_len_b=5)
+    out = hub.translate("Click the OK button.")
+    assert isinstance(out, str)
+
+
+def test_criterion_works_without_moe_model(prepared, tmp_path):
+    save = tmp_path / "dense"
+    run(["fairseq-train", prepared / "bin", "--user-dir", USER_DIR, "--arch", "transformer", *SMALL,
+         "--encoder-layers", "1", "--decoder-layers", "1", "--criterion", "moe_label_smoothed_cross_entropy",
+         "--optimizer", "adam", "--lr", "1e-3", "--max-update", "2", "--save-dir", save, "--cpu",
+         "--share-all-embeddings"])
+    assert (save / "checkpoint_last.pt").is_file()

@@ -1,0 +1,142 @@
+"""MoEFeedForward: dispatch against a per-token reference loop, pads, capacity, dense equivalence."""
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from fairseq_sparsemixer.modules import MoEFeedForward
+
+
+def reference(m, x, pad=None):
+    """Per-token loop: y_t = ω ⊙ Σ_k gate_tk f_{D_tk}(x_t), using the routes of m's last forward."""
+    r = m.last
+    out = torch.zeros_like(x)
+    for t in range(x.size(0)):
+        if pad is not None and pad[t]:
+            continue
+        for k in range(r.expert_index.size(1)):
+            e = int(r.expert_index[t, k])
+            y = m.experts[e](x[t:t + 1])[0]
+            out[t] += (r.gate[t, k] if m.gate_scaling else 1.0) * y
+    return out * (m.omega if m.omega is not None else 1.0)
+
+
+@pytest.mark.parametrize("router,top_k", [("sparsemixer", 1), ("switch", 1), ("sparsemixer-v2", 2)])
+@pytest.mark.parametrize("train", [True, False])
+def test_dispatch_equals_reference_loop(router, top_k, train):
+    torch.manual_seed(0)
+    m = MoEFeedForward(8, 16, 5, router=router, top_k=top_k).train(train)
+    if m.omega is not None:
+        nn.init.normal_(m.omega)
+    x = torch.randn(40, 8)
+    pad = torch.rand(40) < 0.2
+    y = m(x, pad)
+    torch.testing.assert_close(y, reference(m, x, pad))
+    assert torch.all(y[pad] == 0)
+
+
+def test_gradients_equal_reference_loop():
+    torch.manual_seed(0)
+    m = MoEFeedForward(8, 16, 4).train()
+    x = torch.randn(30, 8, requires_grad=True)
+    y = m(x)
+    w = torch.randn_like(y)
+    grads = torch.autograd.grad((y * w).sum(), [x] + list(m.experts.parameters()), retain_graph=True)
+    ref = torch.autograd.grad((reference(m, x) * w).sum(), [x] + list(m.experts.parameters()))
+    for a, b in zip(grads, ref):
+        torch.testing.assert_close(a, b)
+
+
+def test_permutation_equivariance():
+    torch.manual_seed(0)
+    m = MoEFeedForward(8, 16, 4).eval()
+    x = torch.randn(25, 8)
+    perm = torch.randperm(25)
+    torch.testing.assert_close(m(x)[perm], m(x[perm]))
+
+
+def test_one_expert_eval_equals_dense_ffn():
+    torch.manual_seed(0)
+    m = MoEFeedForward(8, 16, 1).eval()
+    fc1, fc2 = m.experts[0].fc1, m.experts[0].fc2
+    x = torch.randn(3, 7, 8, requires_grad=True)
+    y = m(x)
+    dense = fc2(F.relu(fc1(x)))
+    torch.testing.assert_close(y, dense)
+    g = torch.autograd.grad(y.sum(), [x, fc1.weight, fc2.weight])
+    gd = torch.autograd.grad(dense.sum(), [x, fc1.weight, fc2.weight])
+    for a, b in zip(g, gd):
+        torch.testing.assert_close(a, b)
+
+
+def forced(m, expert):
+    """Route every token to `expert` (router weights zero except a large bias via input)."""
+    with torch.no_grad():
+        m.router.proj.weight.zero_()
+        m.router.proj.weight[expert, 0] = 10.0
+    return m
+
+
+def test_capacity_drops_exactly_the_overflow():
+    torch.manual_seed(0)
+    m = forced(MoEFeedForward(4, 8, 4, capacity_factor=1.0).eval(), expert=2)
+    x = torch.randn(12, 4)
+    x[:, 0] = 1.0  # every token prefers expert 2
+    y = m(x)
+    cap = m.capacity(12)  # ceil(1.0 * 12 / 4) = 3
+    assert cap == 3 and m.last_dropped == 9
+    ref = reference(m, x)
+    torch.testing.assert_close(y[:cap], ref[:cap])  # first tokens, in token order, are kept
+    assert torch.all(y[cap:] == 0)
+
+
+def test_expert_without_tokens_gets_zero_gradient_not_none():
+    m = forced(MoEFeedForward(4, 8, 3).eval(), expert=0)
+    x = torch.randn(6, 4)
+    x[:, 0] = 1.0
+    m(x).sum().backward()
+    assert m.last.expert_counts.tolist() == [6, 0, 0]
+    for e in (1, 2):
+        for p in m.experts[e].parameters():
+            assert p.grad is not None and torch.all(p.grad == 0)
+
+
+def test_gate_scaling_off_and_omega_defaults():
+    torch.manual_seed(0)
+    m = MoEFeedForward(8, 16, 3, gate_scaling=False).eval()
+    x = torch.randn(10, 8)
+    y = m(x)
+    ref = torch.stack([m.experts[int(e)](x[t:t + 1])[0] for t, e in enumerate(m.last.expert_index[:, 0])])
+    torch.testing.assert_close(y, ref)
+    assert MoEFeedForward(8, 16, 3, router="switch").omega is None
+    assert MoEFeedForward(8, 16, 3, router="sparsemixer-v2").omega is None
+    assert MoEFeedForward(8, 16, 3, router="sparsemixer", omega=False).omega is None
+    assert torch.equal(MoEFeedForward(8, 16, 3).omega, torch.ones(8))
+
+
+def test_pads_excluded_from_stats():
+    torch.manual_seed(0)
+    m = MoEFeedForward(8, 16, 4).eval()
+    x = torch.randn(20, 8)
+    pad = torch.zeros(20, dtype=torch.bool)
+    pad[-5:] = True
+    m(x, pad)
+    full = m.last
+    m(x[:15])
+    torch.testing.assert_close(full.balance_loss, m.last.balance_loss)
+    assert torch.equal(full.expert_counts, m.last.expert_counts) and int(full.expert_counts.sum()) == 15
+
+
+def test_low_precision_input_keeps_router_fp32():
+    m = MoEFeedForward(8, 16, 4).train()
+    x = torch.randn(10, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = m(x)
+    assert m.last.gate.dtype == torch.float32 and torch.isfinite(y).all()
+
+
+def test_bad_layer_options():
+    with pytest.raises(ValueError, match="capacity_factor"):
+        MoEFeedForward(8, 16, 4, capacity_factor=-1)
+    with pytest.raises(ValueError, match="top_k"):
+        MoEFeedForward(8, 16, 4, top_k=2)
