@@ -99,7 +99,7 @@ def spm_train(prefix, vocab_size, files, threads=2):
     for f in files:
         if not os.path.isfile(f):
             raise PrepError(f"missing input file {f}")
-    tmp = f"{prefix}.tmp{os.getpid()}"
+    tmp = f"{prefix}.tmp.{os.getpid()}"
     spm.SentencePieceTrainer.train(
         input=files, model_prefix=tmp, vocab_size=int(vocab_size), model_type="bpe",
         character_coverage=1.0, input_sentence_size=10_000_000, shuffle_input_sentence=True,

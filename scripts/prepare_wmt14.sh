@@ -6,11 +6,12 @@
 #   bash scripts/prepare_wmt14.sh --raw-dir DIR [--out DIR]     WMT'14 files you already have
 #   bash scripts/prepare_wmt14.sh [--out DIR]                   download from statmt.org
 # Options: --vocab-size N (32000; 8000 with --sample)  --workers N (2)  --force (redo all)
-#          --checksums FILE (sha256sum file for the downloaded archives; see below)
+#          --checksums FILE ('sha256:HEX  NAME' or 'md5:HEX  NAME' lines replacing the built-in
+#          checksums of the downloaded archives; with WMT14_MIRROR=http://host:port for mirrors)
 #
 # --raw-dir layout (as the statmt.org archives unpack; only read, never modified):
 #   europarl-v7.de-en.{en,de}  commoncrawl.de-en.{en,de}  training/news-commentary-v9.de-en.{en,de}
-#   dev/newstest2013.{en,de}   test-full/newstest2014-deen-{src.en,ref.de}.sgm
+#   newstest2013.{en,de}       test-full/newstest2014-deen-{src.en,ref.de}.sgm
 # (files are looked up anywhere below DIR by name).
 #
 # Resumable and atomic: each step writes to a temporary name and renames when complete, then
@@ -22,7 +23,6 @@ die() { echo "prepare_wmt14.sh: error: $*" >&2; exit 1; }
 log() { echo "prepare_wmt14.sh: $*"; }
 
 SAMPLE=0 RAW="" OUT="" VOCAB="" WORKERS=2 FORCE=0 CHECKSUMS=""
-BASE_URL="${WMT14_BASE_URL:-http://statmt.org}"
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --sample) SAMPLE=1; shift ;;
@@ -49,6 +49,8 @@ prep() { PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" "$PY" -m fairseq_sparsemi
 
 [[ $FORCE == 1 ]] && rm -rf "$OUT/.done"
 mkdir -p "$OUT/.done" "$OUT/raw"
+# leftovers of an interrupted run (never taken for finished outputs): remove them
+find "$OUT" -depth \( -name '*.tmp.*' -o -name '*.part' -o -name raw.tmp -o -name bin.tmp \) -exec rm -rf {} +
 done_() { [[ -f "$OUT/.done/$1" ]]; }
 mark() { touch "$OUT/.done/$1"; log "step $1 done"; }
 
@@ -58,29 +60,50 @@ find_one() {  # find_one NAME -> path of a file called NAME below $RAW
     [[ -n "$f" ]] || die "$1 not found below $RAW (see --help for the expected files)"
     echo "$f"
 }
-ARCHIVES=(wmt13/training-parallel-europarl-v7.tgz wmt13/training-parallel-commoncrawl.tgz
-          wmt14/training-parallel-nc-v9.tgz wmt14/dev.tgz wmt14/test-full.tgz)
+# name | URL | checksum (sha256 of the training archives and of WMT'19's dev.tgz as listed by
+# TensorFlow Datasets' url_checksums/wmt14_translate.txt; md5 of test-full.tgz as listed by
+# sacreBLEU's dataset table). WMT14_MIRROR=http://host:port replaces scheme and host.
+ARCHIVES=(
+  "training-parallel-europarl-v7.tgz|http://www.statmt.org/wmt13/training-parallel-europarl-v7.tgz|sha256:0224c7c710c8a063dfd893b0cc0830202d61f4c75c17eb8e31836103d27d96e7"
+  "training-parallel-commoncrawl.tgz|http://www.statmt.org/wmt13/training-parallel-commoncrawl.tgz|sha256:c7a74e2ea01ac6c920123108627e35278d4ccb5701e15428ffa34de86fa3a9e5"
+  "training-parallel-nc-v9.tgz|http://www.statmt.org/wmt14/training-parallel-nc-v9.tgz|sha256:cb8953f292298e6877ae433c98912b927cb0766b303f4540512ddd286c748485"
+  "dev.tgz|http://data.statmt.org/wmt19/translation-task/dev.tgz|sha256:7a7deccf82ebb05ba508dba5eb21356492224e8f630ec4f992132b029b4b25e7"
+  "test-full.tgz|http://www.statmt.org/wmt14/test-full.tgz|md5:a8cd784e006feb32ac6f3d9ec7eb389a"
+)
+checksum_of() {  # checksum_of NAME -> algo:hash (the --checksums file, 'algo:hash  NAME' lines, wins)
+    local name="$1" entry line
+    if [[ -n "$CHECKSUMS" ]]; then
+        line="$(awk -v n="$name" '$2 == n {print $1}' "$CHECKSUMS")"
+        [[ -n "$line" ]] || die "$CHECKSUMS has no checksum for $name"
+        echo "$line"; return
+    fi
+    for entry in "${ARCHIVES[@]}"; do [[ "${entry%%|*}" == "$name" ]] && { echo "${entry##*|}"; return; }; done
+}
+verify() {  # verify FILE NAME: 0 when the file matches its recorded checksum
+    local want algo got; want="$(checksum_of "$2")"; algo="${want%%:*}"
+    got="$("${algo}sum" "$1" | cut -d' ' -f1)"
+    [[ "$got" == "${want#*:}" ]]
+}
 if [[ $SAMPLE == 0 && -z "$RAW" ]]; then
     RAW="$OUT/download"
     if ! done_ download; then
         command -v curl >/dev/null || die "curl not found (needed to download); or pass --raw-dir"
+        [[ -z "$CHECKSUMS" || -f "$CHECKSUMS" ]] || die "--checksums $CHECKSUMS not found"
         mkdir -p "$RAW"
-        for a in "${ARCHIVES[@]}"; do
-            f="$RAW/$(basename "$a")"
+        for entry in "${ARCHIVES[@]}"; do
+            IFS='|' read -r name url _ <<< "$entry"
+            [[ -n "${WMT14_MIRROR:-}" ]] && url="$WMT14_MIRROR/${url#*://*/}"
+            f="$RAW/$name"
             if [[ ! -f "$f" ]]; then
-                log "downloading $BASE_URL/$a"
-                curl -fsSL --retry 3 -o "$f.part" "$BASE_URL/$a" || die "download of $BASE_URL/$a failed"
+                log "downloading $url"
+                curl -fsSL --retry 3 -o "$f.part" "$url" || { rm -f "$f.part"; die "download of $url failed"; }
+                verify "$f.part" "$name" || { rm -f "$f.part"; die "$name from $url does not match its checksum $(checksum_of "$name") (removed; rerun to download again)"; }
                 mv "$f.part" "$f"
             fi
-        done
-        if [[ -n "$CHECKSUMS" ]]; then
-            (cd "$RAW" && sha256sum --quiet -c "$(realpath "$CHECKSUMS")") \
-                || { for a in "${ARCHIVES[@]}"; do rm -f "$RAW/$(basename "$a")"; done
-                     die "checksum mismatch (listed above); the archives were removed, rerun to download again"; }
-        fi
-        for a in "${ARCHIVES[@]}"; do
-            f="$RAW/$(basename "$a")"
-            tar -xzf "$f" -C "$RAW" 2>/dev/null || { rm -f "$f"; die "$(basename "$a") is not a valid .tgz (removed; rerun to download again)"; }
+            if [[ ! -f "$RAW/.unpacked.$name" ]]; then
+                tar -xzf "$f" -C "$RAW" || { rm -f "$f"; die "$name is not a valid .tgz (removed; rerun to download again)"; }
+                touch "$RAW/.unpacked.$name"
+            fi
         done
         mark download
     fi
