@@ -94,18 +94,35 @@ def sgm(path, out):
 
 
 def spm_train(prefix, vocab_size, files, threads=2):
+    """Joint BPE model -> PREFIX.model (+ PREFIX.vocab). Sentences are read and the model
+    written through streams, so the model embeds no path: the same corpus gives a
+    byte-identical model wherever it lives."""
+    import io
+
     import sentencepiece as spm
 
     for f in files:
         if not os.path.isfile(f):
             raise PrepError(f"missing input file {f}")
-    tmp = f"{prefix}.tmp.{os.getpid()}"
+    model = io.BytesIO()
+    spm.set_random_generator_seed(1)  # the sentence shuffle is seeded from the clock otherwise
+
+    def sentences():
+        for path in files:
+            with open(path, encoding="utf-8") as f:
+                for line in f:
+                    yield line.rstrip("\n")
+
     spm.SentencePieceTrainer.train(
-        input=files, model_prefix=tmp, vocab_size=int(vocab_size), model_type="bpe",
+        sentence_iterator=sentences(), model_writer=model, vocab_size=int(vocab_size), model_type="bpe",
         character_coverage=1.0, input_sentence_size=10_000_000, shuffle_input_sentence=True,
         num_threads=threads, minloglevel=2)
-    for ext in (".vocab", ".model"):  # .model last: its presence means "done"
-        os.replace(tmp + ext, prefix + ext)
+    sp = spm.SentencePieceProcessor(model_proto=model.getvalue())
+    _atomic_write(prefix + ".vocab", (f"{sp.id_to_piece(i)}\t{sp.get_score(i):g}" for i in range(len(sp))))
+    tmp = f"{prefix}.model.tmp.{os.getpid()}"
+    with open(tmp, "wb") as out:
+        out.write(model.getvalue())
+    os.replace(tmp, prefix + ".model")  # last: its presence means "done"
 
 
 def spm_encode(model, path, out):

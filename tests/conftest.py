@@ -1,5 +1,4 @@
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -47,7 +46,3 @@ def trained(prepared, tmp_path_factory):
     train(prepared, save, "--save-interval-updates", "3", "--keep-interval-updates", "5")
     return save
 
-
-def copytree(src, dst):
-    shutil.copytree(src, dst)
-    return dst

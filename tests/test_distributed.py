@@ -1,5 +1,9 @@
 """2-process CPU training (gloo) with experts that receive no token: completes, and the
-replicas end with identical parameters."""
+replicas see identical parameters at every step.
+
+On CPU fairseq's `pytorch_ddp` backend cannot be used (it passes device_ids=[0] to torch's DDP,
+which rejects CPU modules), so this runs `legacy_ddp`. On GPU the default `pytorch_ddp` needs no
+find_unused_parameters: every expert runs on every step (on an empty slice if idle)."""
 import os
 import socket
 import subprocess
