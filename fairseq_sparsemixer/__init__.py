@@ -19,4 +19,6 @@ try:
 except ImportError:  # plain-PyTorch use of routers/modules
     pass
 else:
-    from . import criterions, models  # noqa: F401
+    from . import atomic_copy, criterions, models  # noqa: F401
+
+    atomic_copy.install()  # checkpoint_last.pt / _best.pt are never left half-written

@@ -5,7 +5,8 @@
 #   bash scripts/prepare_wmt14.sh --sample [--out DIR]          bundled data/ende-libreoffice, offline
 #   bash scripts/prepare_wmt14.sh --raw-dir DIR [--out DIR]     WMT'14 files you already have
 #   bash scripts/prepare_wmt14.sh [--out DIR]                   download from statmt.org
-# Options: --vocab-size N (32000; 8000 with --sample)  --workers N (2)  --force (redo all)
+# Options: --vocab-size N (32000; 8000 with --sample)  --workers N (2)
+#          --force (redo every step; also allows an --out that is not ours)
 #          --checksums FILE ('sha256:HEX  NAME' or 'md5:HEX  NAME' lines replacing the built-in
 #          checksums of the downloaded archives; with WMT14_MIRROR=http://host:port for mirrors)
 #
@@ -47,6 +48,10 @@ command -v fairseq-preprocess >/dev/null || die "fairseq-preprocess not found; r
 "$PY" -c 'import sentencepiece' 2>/dev/null || die "sentencepiece is not installed; run 'bash scripts/setup.sh'"
 prep() { PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" "$PY" -m fairseq_sparsemixer.prep "$@"; }
 
+# never write into a directory this script did not create, unless --force
+if [[ -d "$OUT" && ! -d "$OUT/.done" && -n "$(ls -A "$OUT")" && $FORCE == 0 ]]; then
+    die "--out $OUT exists and is not a prepare_wmt14.sh output; choose another --out or pass --force"
+fi
 [[ $FORCE == 1 ]] && rm -rf "$OUT/.done"
 mkdir -p "$OUT/.done" "$OUT/raw"
 # leftovers of an interrupted run (never taken for finished outputs): remove them

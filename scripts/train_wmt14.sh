@@ -40,7 +40,16 @@ while [[ $# -gt 0 ]]; do
     esac
 done
 [[ "$EXPERTS" =~ ^[0-9]+$ ]] || die "--experts must be a number >= 0, got '$EXPERTS'"
-[[ -f "$DATA/dict.en.txt" ]] || die "--data $DATA is not a binarized data dir (run scripts/prepare_wmt14.sh first)"
+[[ -d "$DATA" ]] || die "--data $DATA does not exist (run scripts/prepare_wmt14.sh first, or point --data at its bin/)"
+[[ -f "$DATA/dict.en.txt" && -f "$DATA/dict.de.txt" ]] || die "--data $DATA is not a binarized data dir: no dict.en.txt/dict.de.txt (run scripts/prepare_wmt14.sh first)"
+for split in train valid; do
+    for l in en de; do
+        [[ -f "$DATA/$split.en-de.$l.bin" && -f "$DATA/$split.en-de.$l.idx" ]] \
+            || die "--data $DATA has no $split split ($split.en-de.$l.bin/.idx missing); rerun scripts/prepare_wmt14.sh"
+    done
+done
+cmp -s "$DATA/dict.en.txt" "$DATA/dict.de.txt" \
+    || die "$DATA/dict.en.txt and dict.de.txt differ, but shared embeddings need one joined dictionary (fairseq-preprocess --joined-dictionary, as prepare_wmt14.sh does)"
 command -v fairseq-train >/dev/null || die "fairseq-train not found; run 'bash scripts/setup.sh' and 'source .venv/bin/activate'"
 
 case "$RECIPE" in

@@ -1,4 +1,6 @@
+import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -46,3 +48,20 @@ def trained(prepared, tmp_path_factory):
     train(prepared, save, "--save-interval-updates", "3", "--keep-interval-updates", "5")
     return save
 
+
+def json_log(path):
+    """fairseq's json log lines (train_inner / train / valid records)."""
+    recs = []
+    for line in open(path):
+        m = re.search(r"(\{.*\})\s*$", line)
+        if m:
+            try:
+                recs.append(json.loads(m.group(1)))
+            except json.JSONDecodeError:
+                pass
+    return recs
+
+
+def losses(save):
+    """{num_updates: loss} of the per-update records of a train_wmt14.sh json log."""
+    return {r["num_updates"]: r["loss"] for r in json_log(save / "train.log") if "num_updates" in r and "loss" in r}

@@ -6,22 +6,9 @@ import re
 import pytest
 import torch
 
-from conftest import ROOT, SMALL, run, train
+from conftest import ROOT, SMALL, json_log, losses, run, train
 
 USER_DIR = str(ROOT / "fairseq_sparsemixer")
-
-
-def json_log(path):
-    """fairseq's json log lines (train_inner / train / valid records)."""
-    recs = []
-    for line in open(path):
-        m = re.search(r"(\{.*\})\s*$", line)
-        if m:
-            try:
-                recs.append(json.loads(m.group(1)))
-            except json.JSONDecodeError:
-                pass
-    return recs
 
 
 def test_prepare_outputs_and_rerun_does_no_work(prepared):
@@ -66,10 +53,7 @@ def test_resume_matches_uninterrupted_run(prepared, tmp_path):
     train(prepared, part, updates="3")
     p = train(prepared, part, updates="6")
     assert "Loaded checkpoint" in p.stdout + p.stderr
-    a = [r for r in json_log(full / "train.log") if "num_updates" in r and "loss" in r]
-    b = [r for r in json_log(part / "train.log") if "num_updates" in r and "loss" in r]
-    last = {r["num_updates"]: r["loss"] for r in a}
-    resumed = {r["num_updates"]: r["loss"] for r in b}
+    last, resumed = losses(full), losses(part)
     for u in ("5", "6"):
         assert resumed[u] == last[u], (u, resumed, last)
 

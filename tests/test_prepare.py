@@ -126,17 +126,18 @@ def test_missing_raw_file_is_named(tmp_path):
 
 
 def test_interrupted_prepare_resumes_to_identical_outputs(prepared, tmp_path):
-    """Kill prepare (SIGKILL, whole process group) while it works, rerun: same outputs as the
-    uninterrupted run of the `prepared` fixture."""
+    """Kill prepare (SIGKILL, whole process group) in each step, rerun: the same outputs as the
+    uninterrupted run of the `prepared` fixture, and no leftover temporary file."""
     out = tmp_path / "sample"
     cmd = ["bash", "scripts/prepare_wmt14.sh", "--sample", "--out", str(out), "--vocab-size", "4000"]
     env = dict(os.environ, PATH=f"{BIN}:{os.environ['PATH']}")
-    for marker in ("clean", "spm"):  # kill during the step after each marker
+    # kill in the middle of each step: clean (its temp dir exists), then spm, encode, binarize
+    for started in ("raw.tmp", ".done/clean", ".done/spm", ".done/encode"):
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                 start_new_session=True)
         deadline = time.time() + 300
-        while not (out / ".done" / marker).exists() and proc.poll() is None and time.time() < deadline:
-            time.sleep(0.05)
+        while not (out / started).exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.01)
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     assert not (out / ".done" / "binarize").exists()
