@@ -169,3 +169,26 @@ def test_criterion_works_without_moe_model(prepared, tmp_path):
          "--optimizer", "adam", "--lr", "1e-3", "--max-update", "2", "--save-dir", save, "--cpu",
          "--share-all-embeddings"])
     assert (save / "checkpoint_last.pt").is_file()
+
+
+def test_tiny_model_under_low_precision_autocast_keeps_router_fp32(prepared):
+    """The tiny model trained a step under CPU bf16 autocast (what fp16/bf16 training does to the
+    matmuls): router logits, gates and aux losses stay float32 and finite."""
+    from fairseq_sparsemixer.modules import moe_layers
+
+    task, model = _build(prepared, ["--arch", "switch_transformer_tiny"])
+    task.load_dataset("valid")
+    ds = task.dataset("valid")
+    batch = ds.collater([ds[i] for i in range(8)])
+    model.train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, _ = model(**batch["net_input"])
+    assert out.dtype == torch.bfloat16
+    loss = out.float().logsumexp(-1).mean()
+    for m in moe_layers(model):
+        r = m.last
+        assert r.gate.dtype == r.probs.dtype == r.balance_loss.dtype == torch.float32
+        loss = loss + r.balance_loss + r.z_loss
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(torch.isfinite(m.router.proj.weight.grad).all() for m in moe_layers(model))
