@@ -67,7 +67,6 @@ if [[ "$EXPERTS" == 0 ]]; then
         --encoder-ffn-embed-dim 512 --encoder-attention-heads 4 --encoder-layers 3 --decoder-embed-dim 128
         --decoder-ffn-embed-dim 512 --decoder-attention-heads 4 --decoder-layers 3
         --encoder-normalize-before --decoder-normalize-before)
-    [[ "$ARCH" == switch_transformer_wmt_en_de ]] && MODEL=(--arch transformer_wmt_en_de)
     CRIT=label_smoothed_cross_entropy; NAME="dense"
 else
     MODEL=(--arch "$ARCH" --moe-experts "$EXPERTS" --moe-router "$ROUTER")

@@ -69,19 +69,20 @@ class MoELabelSmoothedCrossEntropyCriterion(LabelSmoothedCrossEntropyCriterion):
         balance = torch.stack([r.balance_loss for _, r in routes]).mean()
         z = torch.stack([r.z_loss for _, r in routes]).mean()
         loss = loss + sample_size * (self.balance_weight * balance + self.z_weight * z)
-        tokens = sum(int(r.expert_counts.sum()) for _, r in routes)
+        counts = [r.expert_counts.tolist() for _, r in routes]  # one device sync per layer
+        n = [sum(c) for c in counts]  # routed (non-pad) tokens of each layer
         log.update({
             "moe_balance": balance.item() * sample_size,
             "moe_zloss": z.item() * sample_size,
-            "moe_tokens": tokens,  # routed (non-pad) tokens, summed over layers
-            "moe_entropy": sum(r.entropy.item() * int(r.expert_counts.sum()) for _, r in routes),
-            "moe_non_argmax": sum(r.non_argmax_frac.item() * int(r.expert_counts.sum()) for _, r in routes),
+            "moe_tokens": sum(n),  # summed over layers
+            "moe_entropy": sum(r.entropy.item() * k for (_, r), k in zip(routes, n)),
+            "moe_non_argmax": sum(r.non_argmax_frac.item() * k for (_, r), k in zip(routes, n)),
         })
         if self.log_load:
-            for name, r in routes:
-                for e, c in enumerate(r.expert_counts.tolist()):
+            for (name, _), layer_counts, k in zip(routes, counts, n):
+                for e, c in enumerate(layer_counts):
                     log[f"load_{name}_e{e}"] = c
-                log[f"load_{name}_n"] = int(r.expert_counts.sum())
+                log[f"load_{name}_n"] = k
         return loss, sample_size, log
 
     @classmethod
