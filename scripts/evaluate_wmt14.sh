@@ -1,29 +1,31 @@
 #!/usr/bin/env bash
 # Translate a test set with a trained model and report BLEU.
 #
-#   bash scripts/evaluate_wmt14.sh --save-dir DIR [--prep-dir DIR] [--average K] [--subset test]
-#        [--beam 4] [--lenpen 0.6] [--max-tokens 8000] [-- extra fairseq-generate args]
+#   bash scripts/evaluate_wmt14.sh --save-dir DIR [--prep-dir DIR] [--average K | --checkpoint NAME]
+#        [--subset test] [--beam 4] [--lenpen 0.6] [--max-tokens 8000] [-- extra fairseq-generate args]
 #
 # --prep-dir is the output of prepare_wmt14.sh (default work/wmt14_en_de): its bin/ is the
 # data, raw/<subset>.de the references. With --average K > 1 the last K checkpoints are
-# averaged into SAVE_DIR/averaged_last<K>.pt; else checkpoint_best.pt is used (checkpoint_last.pt
-# if there is no best). Reports (a) detokenized sacreBLEU with its signature and (b) tokenized
-# BLEU with compound splitting (the paper's number), and writes SAVE_DIR/eval_<subset>.json.
+# averaged into SAVE_DIR/averaged_last<K>.pt; with --checkpoint NAME, SAVE_DIR/NAME is used
+# (e.g. checkpoint_last.pt); else checkpoint_best.pt (checkpoint_last.pt if there is no best).
+# Reports (a) detokenized sacreBLEU with its signature and (b) tokenized BLEU with compound
+# splitting (the paper's number), and writes SAVE_DIR/eval_<subset>.json.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 die() { echo "evaluate_wmt14.sh: error: $*" >&2; exit 1; }
-SAVE="" PREP="$ROOT/work/wmt14_en_de" AVG=1 SUBSET=test BEAM=4 LENPEN=0.6 MAXTOK=8000 EXTRA=()
+SAVE="" PREP="$ROOT/work/wmt14_en_de" AVG=1 CKNAME="" SUBSET=test BEAM=4 LENPEN=0.6 MAXTOK=8000 EXTRA=()
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --save-dir) SAVE="${2:?}"; shift 2 ;;
         --prep-dir) PREP="${2:?}"; shift 2 ;;
         --average) AVG="${2:?}"; shift 2 ;;
+        --checkpoint) CKNAME="${2:?}"; shift 2 ;;
         --subset) SUBSET="${2:?}"; shift 2 ;;
         --beam) BEAM="${2:?}"; shift 2 ;;
         --lenpen) LENPEN="${2:?}"; shift 2 ;;
         --max-tokens) MAXTOK="${2:?}"; shift 2 ;;
         --) shift; EXTRA=("$@"); break ;;
-        -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
         *) die "unknown option $1 (see --help)" ;;
     esac
 done
@@ -38,6 +40,7 @@ export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 if [[ "$AVG" -gt 1 ]]; then
     CKPT="$SAVE/averaged_last$AVG.pt"
     python -m fairseq_sparsemixer.average_checkpoints --save-dir "$SAVE" --last "$AVG" --out "$CKPT"
+elif [[ -n "$CKNAME" ]]; then CKPT="$SAVE/$CKNAME"; [[ -f "$CKPT" ]] || die "--checkpoint: $CKPT not found"
 elif [[ -f "$SAVE/checkpoint_best.pt" ]]; then CKPT="$SAVE/checkpoint_best.pt"
 elif [[ -f "$SAVE/checkpoint_last.pt" ]]; then CKPT="$SAVE/checkpoint_last.pt"
 else die "no checkpoint_best.pt or checkpoint_last.pt in $SAVE"; fi

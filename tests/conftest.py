@@ -1,11 +1,11 @@
-import json
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from fairseq_sparsemixer.diagnostics.logs import json_records as json_log  # noqa: F401 (used by tests)
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent  # the venv's fairseq-* and sacrebleu
@@ -47,19 +47,6 @@ def trained(prepared, tmp_path_factory):
     save = tmp_path_factory.mktemp("ckpt") / "sm"
     train(prepared, save, "--save-interval-updates", "3", "--keep-interval-updates", "5")
     return save
-
-
-def json_log(path):
-    """fairseq's json log lines (train_inner / train / valid records)."""
-    recs = []
-    for line in open(path):
-        m = re.search(r"(\{.*\})\s*$", line)
-        if m:
-            try:
-                recs.append(json.loads(m.group(1)))
-            except json.JSONDecodeError:
-                pass
-    return recs
 
 
 def losses(save):

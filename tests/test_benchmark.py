@@ -1,15 +1,78 @@
-"""The benchmark harness runs and emits its json schema (no timing assertions)."""
+"""The benchmark harness (issue 5): its reference dispatch designs compute what ours computes, its
+memory probe sees allocations, and every suite runs on tiny sizes and emits its json schema.
+No timing assertions."""
+import importlib.util
 import json
 
-from conftest import run
+import pytest
+import torch
+
+from conftest import ROOT, run
+from fairseq_sparsemixer.modules import MoEFeedForward
+
+spec = importlib.util.spec_from_file_location("benchmark", ROOT / "scripts" / "benchmark.py")
+bench = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(bench)
 
 
-def test_benchmark_quick(tmp_path):
+@pytest.mark.parametrize("router", ["sparsemixer", "switch"])
+def test_reference_designs_equal_ours_without_drops(router):
+    torch.manual_seed(0)
+    moe = MoEFeedForward(8, 16, 4, router=router).eval()
+    if moe.omega is not None:
+        torch.nn.init.normal_(moe.omega)
+    refs = {"mask-loop": bench.MaskLoopMoE(moe), "onehot-einsum": bench.OneHotEinsumMoE(moe, capacity_factor=4.0)}
+    x = torch.randn(50, 8, requires_grad=True)
+    want = moe(x)
+    (gx,) = torch.autograd.grad(want.pow(2).sum(), x)
+    for name, ref in refs.items():
+        y = ref(x)
+        torch.testing.assert_close(y, want, msg=name)
+        torch.testing.assert_close(torch.autograd.grad(y.pow(2).sum(), x)[0], gx, msg=name)
+
+
+def test_onehot_capacity_drops_what_our_capacity_drops():
+    """Both keep the first ceil(cf·T/N) tokens of each expert in token order."""
+    torch.manual_seed(1)
+    moe = MoEFeedForward(8, 16, 4, router="sparsemixer", capacity_factor=1.0).eval()
+    with torch.no_grad():
+        moe.router.proj.weight[0] += 2.0  # expert 0 overloaded
+    x = torch.randn(40, 8).abs()
+    want = moe(x)
+    assert moe.last_dropped > 0
+    torch.testing.assert_close(bench.OneHotEinsumMoE(moe, capacity_factor=1.0)(x), want)
+
+
+def test_peak_memory_sees_an_allocation():
+    def fn():
+        a = torch.ones(1 << 20)  # 4 MiB
+        b = a * 2  # another 4 MiB while a is alive
+        return float(b.sum())
+
+    peak = bench.peak_memory(fn, torch.device("cpu"))
+    assert 8 << 20 <= peak < 16 << 20
+
+
+def test_benchmark_all_quick_emits_schema(prepared, tmp_path):
     out = tmp_path / "b.json"
-    run(["python", "scripts/benchmark_moe.py", "--quick", "--json", out])
+    p = run(["python", "scripts/benchmark.py", "all", "--quick", "--prep-dir", prepared, "--json", out])
     r = json.loads(out.read_text())
-    assert r["facts"]["tokens"] == 64 and [row["experts"] for row in r["rows"]] == [2, 4]
-    for row in r["rows"]:
-        for k in ("dense_ms", "sparsemixer_ms", "switch_ms", "sparsemixer_over_dense",
-                  "sparsemixer_over_switch"):
-            assert row[k] > 0
+    assert r["facts"]["device"] == "cpu" and r["facts"]["threads"] >= 1 and "torch" in r["facts"]
+    assert [(row["experts"], row["tokens"]) for row in r["layer"]] == [(2, 64), (4, 64)]
+    for row in r["layer"]:
+        for k in ("dense", "ours", "mask-loop", "onehot-einsum"):
+            assert row[f"{k}_ms"] > 0 and row[f"{k}_peak_mib"] >= 0
+        assert row["ours_over_dense"] > 0 and row["onehot-einsum_over_dense"] > 0
+    assert [row["arch"] for row in r["router"]] == ["tiny", "base"]
+    for row in r["router"]:
+        assert row["sparsemixer_over_switch"] > 0 and row["sparsemixer-v2_over_switch"] > 0
+    assert [row["model"] for row in r["model"]] == ["dense", "moe2"]
+    for row in r["model"]:
+        assert row["train_wps"] > 0 and row["gen_sentences_per_s"] > 0
+    assert r["model"][0]["train_over_dense"] == 1.0
+    assert "[layer]" in p.stdout and "[router]" in p.stdout and "[model]" in p.stdout
+
+
+def test_benchmark_rejects_a_router_list_without_the_baseline():
+    p = run(["python", "scripts/benchmark.py", "router", "--routers", "sparsemixer"], check=False)
+    assert p.returncode == 2 and "must include switch" in p.stderr.strip().splitlines()[-1]

@@ -10,6 +10,7 @@ authors' "L = CE + α · balance" with α = --moe-balance-weight (0.01 in the pa
 The logged `loss` and `nll_loss` are the CE alone (comparable with a dense model);
 `moe_balance`, `moe_zloss` are logged separately.
 """
+import logging
 import math
 from dataclasses import dataclass, field
 
@@ -19,6 +20,7 @@ from fairseq.criterions.label_smoothed_cross_entropy import (
     LabelSmoothedCrossEntropyCriterion, LabelSmoothedCrossEntropyCriterionConfig)
 from fairseq.logging import metrics
 
+from ..diagnostics.expert_usage import CollapseMonitor
 from ..modules import MoEFeedForward
 
 
@@ -30,6 +32,10 @@ class MoELabelSmoothedCrossEntropyConfig(LabelSmoothedCrossEntropyCriterionConfi
         "help": "weight of the router z-loss (ST-MoE); 0 = off"})
     moe_no_load_log: bool = field(default=False, metadata={
         "help": "do not log the fraction of tokens per expert of every MoE layer (load_<layer>_e<j>)"})
+    moe_collapse_threshold: float = field(default=0.01, metadata={
+        "help": "warn when an expert receives less than this fraction of a layer's tokens ..."})
+    moe_collapse_batches: int = field(default=200, metadata={
+        "help": "... for this many consecutive training batches (0 = no warning)"})
 
 
 def _short(name):
@@ -50,13 +56,17 @@ class MoELabelSmoothedCrossEntropyCriterion(LabelSmoothedCrossEntropyCriterion):
 
     def __init__(self, task, sentence_avg, label_smoothing, ignore_prefix_size=0,
                  report_accuracy=False, moe_balance_weight=0.01, moe_z_loss_weight=0.0,
-                 moe_no_load_log=False):
+                 moe_no_load_log=False, moe_collapse_threshold=0.01, moe_collapse_batches=200):
         super().__init__(task, sentence_avg, label_smoothing, ignore_prefix_size, report_accuracy)
         if moe_balance_weight < 0 or moe_z_loss_weight < 0:
             raise ValueError("--moe-balance-weight and --moe-z-loss-weight must be >= 0")
         self.balance_weight = moe_balance_weight
         self.z_weight = moe_z_loss_weight
         self.log_load = not moe_no_load_log
+        # fairseq-train attaches --log-file to the "fairseq_cli.train" logger: warn there so that
+        # the warning reaches SAVE_DIR/train.log as well as the console
+        self.collapse = CollapseMonitor(moe_collapse_threshold, moe_collapse_batches,
+                                        log=logging.getLogger("fairseq_cli.train"))
         self._layers = None
 
     def forward(self, model, sample, reduce=True):
@@ -71,6 +81,9 @@ class MoELabelSmoothedCrossEntropyCriterion(LabelSmoothedCrossEntropyCriterion):
         loss = loss + sample_size * (self.balance_weight * balance + self.z_weight * z)
         counts = [r.expert_counts.tolist() for _, r in routes]  # one device sync per layer
         n = [sum(c) for c in counts]  # routed (non-pad) tokens of each layer
+        if model.training:
+            for (name, _), layer_counts in zip(routes, counts):
+                self.collapse.update(name, layer_counts)
         log.update({
             "moe_balance": balance.item() * sample_size,
             "moe_zloss": z.item() * sample_size,

@@ -12,6 +12,7 @@ All router math runs in float32 whatever the dtype of the input (fp16/bf16 logit
 upcast, autocast is disabled inside `route`).
 """
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Optional
 
 import torch
@@ -21,14 +22,47 @@ import torch.nn.functional as F
 
 @dataclass
 class RouterOutput:
+    """The routing decision, and its statistics computed on first access (so that inference,
+    which reads none of them, pays nothing for them)."""
+
     expert_index: torch.Tensor  # int64 (T, k)   chosen expert(s)
     gate: torch.Tensor  # float32 (T, k)          combine weight, carries the estimator's gradient
     probs: torch.Tensor  # float32 (T, N)         routing distribution (masked softmax when masked)
-    balance_loss: torch.Tensor  # scalar          N * sum_e f_e * mean_t P_e (non-pad tokens)
-    z_loss: torch.Tensor  # scalar                mean_t logsumexp(θ)^2 (non-pad tokens)
-    expert_counts: torch.Tensor  # int64 (N,)     tokens whose first choice is e (non-pad)
-    entropy: torch.Tensor  # scalar               mean_t H(probs) (non-pad), no gradient
-    non_argmax_frac: torch.Tensor  # scalar       fraction of tokens with first choice != argmax θ
+    logits: torch.Tensor  # float32 (T, N)        router logits θ (before any Switch noise)
+    padding_mask: Optional[torch.Tensor] = None  # bool (T,), True at pads: left out of the stats
+
+    # statistics over the non-pad tokens:
+    #   balance_loss     scalar   N * sum_e f_e * mean_t P_e   (differentiable through P = probs)
+    #   z_loss           scalar   mean_t logsumexp(θ)^2        (differentiable through θ)
+    #   expert_counts    int64 (N,)  tokens whose first choice is e
+    #   entropy          scalar   mean_t H(probs), no gradient
+    #   non_argmax_frac  scalar   fraction of tokens with first choice != argmax θ
+    balance_loss = property(lambda self: self._stats["balance_loss"])
+    z_loss = property(lambda self: self._stats["z_loss"])
+    expert_counts = property(lambda self: self._stats["expert_counts"])
+    entropy = property(lambda self: self._stats["entropy"])
+    non_argmax_frac = property(lambda self: self._stats["non_argmax_frac"])
+
+    @cached_property
+    def _stats(self):
+        n = self.probs.size(-1)
+        first, p, lg = self.expert_index[:, 0], self.probs, self.logits
+        if self.padding_mask is not None:
+            keep = ~self.padding_mask.reshape(-1)
+            first, p, lg = first[keep], p[keep], lg[keep]
+        counts = torch.bincount(first, minlength=n)
+        with torch.autocast(device_type=lg.device.type, enabled=False):
+            if first.numel() == 0:
+                zero = self.logits.sum() * 0.0
+                return dict(balance_loss=zero, z_loss=zero, expert_counts=counts, entropy=zero.detach(),
+                            non_argmax_frac=zero.detach())
+            frac = counts.float() / first.numel()  # f_e, no gradient
+            with torch.no_grad():
+                ent = -(p * torch.log(p.clamp_min(1e-30))).sum(-1).mean()
+                non_argmax = (first != lg.argmax(dim=-1)).float().mean()
+            return dict(balance_loss=n * (frac * p.mean(dim=0)).sum(),
+                        z_loss=(torch.logsumexp(lg, dim=-1) ** 2).mean(), expert_counts=counts,
+                        entropy=ent, non_argmax_frac=non_argmax)
 
 
 def relative_mask(logits: torch.Tensor, jitter_eps: float, best: Optional[torch.Tensor] = None,
@@ -98,27 +132,7 @@ class Router(nn.Module):
         with torch.autocast(device_type=logits.device.type, enabled=False):
             logits = logits.float()  # never in place: a new tensor for fp16/bf16, the caller's otherwise
             expert_index, gate, probs = self.select(logits)
-            return self._with_stats(logits, expert_index, gate, probs, padding_mask)
+        return RouterOutput(expert_index, gate, probs, logits, padding_mask)
 
     def select(self, logits):
         raise NotImplementedError
-
-    def _with_stats(self, logits, expert_index, gate, probs, padding_mask) -> RouterOutput:
-        n = self.num_experts
-        keep = None if padding_mask is None else ~padding_mask.reshape(-1)
-        first = expert_index[:, 0]
-        p, z, lg = probs, torch.logsumexp(logits, dim=-1), logits
-        if keep is not None:
-            first, p, z, lg = first[keep], p[keep], z[keep], lg[keep]
-        tokens = first.numel()
-        counts = torch.bincount(first, minlength=n)
-        if tokens == 0:
-            zero = logits.sum() * 0.0
-            return RouterOutput(expert_index, gate, probs, zero, zero, counts,
-                                zero.detach(), zero.detach())
-        frac = counts.float() / tokens  # f_e, no gradient
-        balance = n * (frac * p.mean(dim=0)).sum()
-        with torch.no_grad():
-            ent = -(p * torch.log(p.clamp_min(1e-30))).sum(-1).mean()
-            non_argmax = (first != lg.argmax(dim=-1)).float().mean()
-        return RouterOutput(expert_index, gate, probs, balance, (z ** 2).mean(), counts, ent, non_argmax)

@@ -1,0 +1,261 @@
+"""Compare routers from fairseq json logs: validation curves, the paper's speed-up metric, BLEU.
+
+    python -m fairseq_sparsemixer.diagnostics.compare RUN [RUN ...] --out DIR
+        [--baseline switch] [--candidate sparsemixer] [--metric loss]
+
+RUN is `LABEL=PATH` or a PATH named `<label>-s<seed>` (what scripts/compare_routers.sh
+makes); PATH is a save dir holding train.log (and eval_test.json, if evaluated) or the log
+itself. Runs with the same label are seeds of one setting.
+
+Writes DIR/valid_loss.png (mean over seeds, band = min..max), DIR/expert_load_<run>.png,
+DIR/summary.md and DIR/summary.json.
+
+Speed-up metric (the paper's "reaches Switch's quality in up to 2x fewer updates"), per seed
+pair (same seed; every pair when the seeds differ): with b* = the best validation <metric> of
+the baseline run and u_b the first update at which the baseline reaches it, u_c = the first
+validated update at which the candidate is <= b*; speed-up = u_b / u_c. Resolution is the
+validation interval; "not reached" when the candidate never gets there.
+"""
+import argparse
+import re
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+
+from ._io import save_figure, setup_logging, write_json, write_text
+from .expert_usage import find_collapse, load_matrices, plot_heatmaps
+from .logs import TrainLog, find_log, read_train_log
+
+_RUN_NAME = re.compile(r"^(?P<label>.+)-s(?P<seed>\d+)$")
+
+
+@dataclass
+class Run:
+    label: str
+    seed: str
+    path: Path
+    log: TrainLog
+    bleu: Optional[dict] = None
+    collapse: List[dict] = field(default_factory=list)
+
+    @property
+    def name(self):
+        return f"{self.label}-s{self.seed}"
+
+    def curve(self, metric):
+        """(updates, values) of the validation records that carry `metric`."""
+        pts = [(int(r["num_updates"]), float(r[metric])) for r in self.log.valid if metric in r]
+        return np.array([u for u, _ in pts]), np.array([v for _, v in pts])
+
+
+def parse_run(spec: str) -> Run:
+    """`LABEL=PATH` or `PATH` named <label>-s<seed> (the seed is then '?', numbered later)."""
+    label, seed = None, "?"
+    if "=" in spec and not Path(spec).exists():
+        label, spec = spec.split("=", 1)
+    path = find_log(spec)
+    m = _RUN_NAME.match((path.parent if path.name == "train.log" else path).name)
+    if m:
+        seed = m.group("seed")
+        label = label or m.group("label")
+    if label is None:
+        raise ValueError(f"cannot tell the label of {spec}: name it LABEL=PATH or <label>-s<seed>")
+    log = read_train_log(path)
+    if not log.valid:
+        raise ValueError(f"{path} has no validation records (a fairseq json log with --log-format json?)")
+    bleu_file = path.parent / "eval_test.json"
+    bleu = None
+    if bleu_file.is_file():
+        import json
+        bleu = json.loads(bleu_file.read_text())
+    return Run(label, seed, path, log, bleu)
+
+
+def parse_runs(specs: List[str]) -> List[Run]:
+    """Runs without a seed in their name are numbered 1, 2, ... within their label."""
+    runs = [parse_run(s) for s in specs]
+    for r in runs:
+        if r.seed == "?":
+            taken = {x.seed for x in runs if x.label == r.label}
+            r.seed = str(next(i for i in range(1, len(runs) + 2) if str(i) not in taken))
+    names = [r.name for r in runs]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ValueError(f"run {dup[0]} is given twice")
+    return runs
+
+
+def mean_sd(xs):
+    xs = [x for x in xs if x is not None]
+    if not xs:
+        return None, None
+    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
+
+
+def fmt(m, s, digits=3):
+    if m is None:
+        return "n/a"
+    return f"{m:.{digits}f} ± {s:.{digits}f}" if s else f"{m:.{digits}f}"
+
+
+def reach(run_u, run_v, target) -> Optional[int]:
+    """First validated update whose value is <= target (None if never)."""
+    hit = np.nonzero(run_v <= target + 1e-12)[0]
+    return int(run_u[hit[0]]) if hit.size else None
+
+
+def speedups(baseline: List[Run], candidate: List[Run], metric: str) -> List[dict]:
+    by_seed = {r.seed: r for r in candidate}
+    pairs = [(b, by_seed[b.seed]) for b in baseline if b.seed in by_seed]
+    if not pairs:
+        pairs = [(b, c) for b in baseline for c in candidate]
+    out = []
+    for b, c in pairs:
+        bu, bv = b.curve(metric)
+        cu, cv = c.curve(metric)
+        best = float(bv.min())
+        u_b = reach(bu, bv, best)
+        u_c = reach(cu, cv, best)
+        out.append(dict(baseline=b.name, candidate=c.name, baseline_best=best, baseline_updates=u_b,
+                        candidate_updates=u_c, speedup=(u_b / u_c) if u_c else None,
+                        final_difference=float(cv[-1] - bv[-1])))
+    return out
+
+
+def mean_curve(runs: List[Run], metric: str):
+    """Updates validated in every run, and the mean/min/max over runs there."""
+    curves = [r.curve(metric) for r in runs]
+    common = sorted(set.intersection(*(set(u.tolist()) for u, _ in curves)))
+    vals = np.array([[dict(zip(u.tolist(), v.tolist()))[x] for x in common] for u, v in curves])
+    return np.array(common), vals.mean(0), vals.min(0), vals.max(0)
+
+
+def plot_curves(groups: Dict[str, List[Run]], metric: str, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for label, runs in groups.items():
+        u, m, lo, hi = mean_curve(runs, metric)
+        for ax in axes:
+            line, = ax.plot(u, m, label=f"{label} (n={len(runs)})")
+            ax.fill_between(u, lo, hi, color=line.get_color(), alpha=0.2)
+    last = [mean_curve(r, metric) for r in groups.values()]
+    u_max = max(u[-1] for u, *_ in last)
+    tail = [m[u >= u_max / 2] for u, m, *_ in last if (u >= u_max / 2).any()]
+    if tail:  # right panel: the second half of training, zoomed
+        lo, hi = min(t.min() for t in tail), max(t.max() for t in tail)
+        pad = 0.1 * (hi - lo) + 1e-3
+        axes[1].set_xlim(u_max / 2, u_max)
+        axes[1].set_ylim(lo - pad, hi + pad)
+    for ax, title in zip(axes, ("all updates", "second half")):
+        ax.set_xlabel("updates")
+        ax.set_ylabel(f"validation {metric} (base 2)")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    fig.tight_layout()
+    save_figure(fig, path)
+    plt.close(fig)
+
+
+def summarize(runs: List[Run], out: Path, baseline="switch", candidate="sparsemixer", metric="loss",
+              collapse_threshold=0.01, collapse_records=4) -> dict:
+    out.mkdir(parents=True, exist_ok=True)
+    groups: Dict[str, List[Run]] = {}
+    for r in runs:
+        groups.setdefault(r.label, []).append(r)
+    for r in runs:
+        updates, mats = load_matrices(r.log.inner)
+        if mats:
+            plot_heatmaps(updates, mats, out / f"expert_load_{r.name}.png", title=f"expert load, {r.name}")
+            r.collapse = find_collapse(updates, mats, collapse_threshold, collapse_records)
+    plot_curves(groups, metric, out / f"valid_{metric}.png")
+
+    table = []
+    for label, rs in groups.items():
+        finals = [float(r.curve(metric)[1][-1]) for r in rs]
+        bests = [float(r.curve(metric)[1].min()) for r in rs]
+        updates = [int(r.curve(metric)[0][-1]) for r in rs]
+        row = dict(label=label, seeds=[r.seed for r in rs], final_updates=updates,
+                   final=mean_sd(finals), best=mean_sd(bests), finals=finals,
+                   bleu=mean_sd([r.bleu["sacrebleu"] if r.bleu else None for r in rs]),
+                   tok_bleu=mean_sd([r.bleu["tok_bleu_compound_split"] if r.bleu else None for r in rs]),
+                   bleus=[r.bleu["sacrebleu"] if r.bleu else None for r in rs],
+                   collapsed_runs=sum(bool(r.collapse) for r in rs))
+        table.append(row)
+    result = dict(metric=metric, baseline=baseline, candidate=candidate, table=table,
+                  runs={r.name: dict(path=str(r.path), collapse=r.collapse) for r in runs})
+    if baseline in groups and candidate in groups:
+        sp = speedups(groups[baseline], groups[candidate], metric)
+        result["speedup_pairs"] = sp
+        reached = [p["speedup"] for p in sp if p["speedup"] is not None]
+        result["speedup"] = dict(mean_sd=mean_sd(reached), min=min(reached, default=None),
+                                 max=max(reached, default=None), reached=len(reached), pairs=len(sp))
+    write_json(out / "summary.json", result)
+    write_text(out / "summary.md", markdown(result))
+    return result
+
+
+def markdown(res) -> str:
+    m = res["metric"]
+    lines = [f"| run | seeds | updates | final valid {m} | best valid {m} | sacreBLEU | tok. BLEU | collapsed runs |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in res["table"]:
+        lines.append(f"| {r['label']} | {len(r['seeds'])} | {max(r['final_updates'])} | {fmt(*r['final'])} | "
+                     f"{fmt(*r['best'])} | {fmt(*r['bleu'], digits=2)} | {fmt(*r['tok_bleu'], digits=2)} | "
+                     f"{r['collapsed_runs']} |")
+    lines.append("")
+    lines.append(f"Validation {m} in base 2 (fairseq's), mean ± sample s.d. over seeds.")
+    if "speedup_pairs" in res:
+        b, c = res["baseline"], res["candidate"]
+        lines += ["", f"Updates for {c} to reach {b}'s best validation {m} (per seed pair):", "",
+                  f"| {b} run | its best | reached at | {c} run | reaches it at | speed-up | "
+                  f"final {c} − {b} |", "|---|---|---|---|---|---|---|"]
+        for p in res["speedup_pairs"]:
+            sp = f"{p['speedup']:.2f}x" if p["speedup"] else "not reached"
+            lines.append(f"| {p['baseline']} | {p['baseline_best']:.3f} | {p['baseline_updates']} | "
+                         f"{p['candidate']} | {p['candidate_updates'] or '—'} | {sp} | "
+                         f"{p['final_difference']:+.3f} |")
+        s = res["speedup"]
+        if s["reached"]:
+            lines += ["", f"Speed-up {fmt(*s['mean_sd'], digits=2)}x (min {s['min']:.2f}x, max {s['max']:.2f}x; "
+                      f"reached in {s['reached']} of {s['pairs']} pairs)."]
+        else:
+            lines += ["", f"{c} never reached {b}'s best validation {m} ({s['pairs']} pairs)."]
+    coll = [(name, c) for name, r in res["runs"].items() for c in r["collapse"]]
+    if coll:
+        lines += ["", "Expert collapse (load below the threshold for several consecutive log records):", ""]
+        lines += [f"- {name}: {c['layer']} expert {c['expert']}, updates {c['from_update']}–{c['to_update']}, "
+                  f"mean load {c['mean_load']:.2%}" for name, c in coll]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m fairseq_sparsemixer.diagnostics.compare",
+                                description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("runs", nargs="+", help="LABEL=PATH or PATH named <label>-s<seed>")
+    p.add_argument("--out", required=True)
+    p.add_argument("--baseline", default="switch")
+    p.add_argument("--candidate", default="sparsemixer")
+    p.add_argument("--metric", default="loss", choices=["loss", "nll_loss", "ppl"])
+    p.add_argument("--collapse-threshold", type=float, default=0.01)
+    p.add_argument("--collapse-records", type=int, default=4)
+    a = p.parse_args(argv)
+    setup_logging()
+    try:
+        runs = parse_runs(a.runs)
+        res = summarize(runs, Path(a.out), a.baseline, a.candidate, a.metric, a.collapse_threshold,
+                        a.collapse_records)
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"compare: error: {e}")
+    print(markdown(res))
+    print(f"wrote {a.out}/summary.md, summary.json, valid_{a.metric}.png")
+
+
+if __name__ == "__main__":
+    main()

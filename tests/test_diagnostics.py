@@ -1,0 +1,256 @@
+"""Research tools (issue 6): gradient fidelity against an independently computed exact gradient,
+the router comparison (speed-up metric, curves, tables) and expert-usage / collapse detection."""
+import json
+import math
+
+import pytest
+import torch
+
+from conftest import SMALL, run, train
+from fairseq_sparsemixer.diagnostics import compare, expert_usage, gradient_fidelity as gf
+from fairseq_sparsemixer.diagnostics.logs import read_train_log
+from fairseq_sparsemixer.modules import MoEFeedForward
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+# ------------------------------------------------------------------ gradient fidelity
+
+def hand_set_model(jitter_eps=0.5):
+    """A MoE layer with a hand-set router (3 experts, all kept for most tokens at r = 0.5) and a
+    loss that is nonlinear in every token's output and couples the tokens."""
+    torch.manual_seed(0)
+    layer = MoEFeedForward(3, 6, num_experts=3, router="sparsemixer", jitter_eps=jitter_eps).double().eval()
+    with torch.no_grad():
+        layer.router.proj.weight.copy_(torch.tensor([[1.0, 0.2, 0.0], [0.8, -0.3, 0.4], [0.9, 0.1, -0.2]]))
+        layer.omega.copy_(torch.tensor([1.5, -0.7, 0.9]))
+    x = torch.tensor([[1.0, 0.5, -0.2], [0.9, -0.4, 0.3], [1.2, 0.1, 0.1], [0.7, 0.6, -0.5]],
+                     dtype=torch.float64)
+    w = torch.tensor([0.6, -1.1, 0.8], dtype=torch.float64)
+
+    def loss_of(y):
+        return torch.tanh(y @ w).pow(2).sum() + 0.5 * (y.sum(0) ** 2).sum()
+
+    return layer, x, loss_of
+
+
+def independent(layer, x, loss_of, t, r):
+    """The exact gradient and the three expected estimates for token t, by autograd through
+    hand-written expressions of π(θ_t) (the mask from the paper's formula, held fixed)."""
+    with torch.no_grad():
+        theta_all = (x.float() @ layer.router.proj.weight.float().T).double()
+
+    def pi_of(theta):
+        best = theta.detach().max()
+        drop = (best - theta.detach()) / torch.maximum(theta.detach().abs(), best) > 2 * r
+        return theta.masked_fill(drop, float("-inf")).softmax(-1)
+
+    def expert_out(s, e, gate):
+        return layer.omega * gate * layer.experts[e](x[s:s + 1])[0]
+
+    with torch.no_grad():  # the other tokens: argmax expert, gate π_D
+        rows = []
+        for s in range(x.size(0)):
+            p = pi_of(theta_all[s])
+            rows.append(expert_out(s, int(p.argmax()), p.max()))
+        base = torch.stack(rows)
+
+    def L(i, gate):  # φ_i(gate)
+        y = base.clone()
+        y[t] = expert_out(t, i, gate)
+        return loss_of(y)
+
+    def grad(f):
+        theta = theta_all[t].clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(f(theta), theta)
+        return g
+
+    pi = pi_of(theta_all[t]).detach()
+    kept = [i for i in range(3) if pi[i] > 0]
+    top = int(pi.argmax())
+    exact = grad(lambda th: sum(pi_of(th)[i] * L(i, pi_of(th)[i]) for i in kept))
+    switch = grad(lambda th: L(top, pi_of(th)[top]))
+    first = sum(2 * pi[i] * grad(lambda th, i=i: L(i, pi_of(th)[i])) for i in kept)
+    # mid-point: off the argmax, ½ φ'(π) J + ½ φ'(π/2) J, and ∇_θ φ(π(θ)/2) = ½ φ'(π/2) J
+    mid = sum(2 * pi[i] * (grad(lambda th, i=i: L(i, pi_of(th)[i])) if i == top else
+                           0.5 * grad(lambda th, i=i: L(i, pi_of(th)[i])) +
+                           grad(lambda th, i=i: L(i, pi_of(th)[i] / 2)))
+              for i in kept)
+    return dict(exact=exact, switch=switch, **{"sparsemixer-1st": first, "sparsemixer": mid}), pi, top
+
+
+def test_fidelity_tool_returns_the_independent_exact_gradient_and_estimates():
+    layer, x, loss_of = hand_set_model()
+    with torch.no_grad():
+        layer(x)  # the unforced routing the tool reads from layer.last
+    route = layer.last
+    errs = {k: [] for k in gf.ESTIMATORS}
+    checked = 0
+    for t in range(x.size(0)):
+        want, pi, top = independent(layer, x, loss_of, t, r=0.5)
+        torch.testing.assert_close(route.probs[t].double(), pi.double(), atol=1e-6, rtol=0)
+        got = gf.token_gradients(lambda: loss_of(layer(x)), layer, t, route.probs[t], top)
+        for k in ("exact",) + gf.ESTIMATORS:
+            torch.testing.assert_close(got[k], want[k], atol=1e-9, rtol=1e-6)
+        if (pi > 0).sum() > 1:
+            checked += 1
+            assert want["exact"].norm() > 1e-3  # not vacuous
+            for k, v in gf.compare(got).items():
+                errs[k].append(v["rel_error"])
+    assert checked >= 3
+    assert layer.router.__class__.__name__ == "SparseMixerRouter"  # the forcing was undone
+    mean = {k: sum(v) / len(v) for k, v in errs.items()}
+    assert mean["sparsemixer"] < mean["switch"] and mean["sparsemixer-1st"] < mean["switch"], mean
+
+
+def test_fidelity_compare_and_summary_math():
+    g = {"exact": torch.tensor([1.0, -1.0, 0.0], dtype=torch.float64),
+         "switch": torch.tensor([2.0, -2.0, 0.0], dtype=torch.float64),
+         "sparsemixer-1st": torch.tensor([-1.0, 1.0, 0.0], dtype=torch.float64),
+         "sparsemixer": torch.tensor([1.0, 0.0, -1.0], dtype=torch.float64)}
+    c = gf.compare(g)
+    assert c["switch"] == pytest.approx(dict(cosine=1.0, rel_error=1.0))
+    assert c["sparsemixer-1st"] == pytest.approx(dict(cosine=-1.0, rel_error=2.0))
+    assert c["sparsemixer"] == pytest.approx(dict(cosine=0.5, rel_error=1.0))
+    s = gf.summarize_layer([dict(c), dict(c)])
+    assert s["switch"]["mean_cosine"] == pytest.approx(1.0) and s["sparsemixer_closer_than_switch"] == 0.0
+
+
+def test_fidelity_cli_on_a_trained_checkpoint(trained, prepared, tmp_path):
+    out = tmp_path / "gf"
+    p = run(["python", "-m", "fairseq_sparsemixer.diagnostics.gradient_fidelity", "--path",
+             trained / "checkpoint_last.pt", "--data", prepared / "bin", "--sentences", "2", "--tokens", "2",
+             "--out", out])
+    res = json.loads((out / "gradient_fidelity.json").read_text())
+    assert res["router"] == "sparsemixer" and res["dtype"] == "float64"
+    assert set(res["layers"]) == {"enc0", "enc2", "dec0", "dec2"}
+    for name, layer in res["layers"].items():
+        assert layer["summary"]["tokens"] == len(layer["tokens"]) <= 2
+        for rec in layer["tokens"]:
+            assert rec["kept"] >= 2 and rec["exact_norm"] > 0
+            for est in gf.ESTIMATORS:
+                assert -1 - 1e-9 <= rec[est]["cosine"] <= 1 + 1e-9 and rec[est]["rel_error"] >= 0
+        assert name in p.stdout
+    assert (out / "gradient_fidelity.png").read_bytes()[:8] == PNG
+    bad = run(["python", "-m", "fairseq_sparsemixer.diagnostics.gradient_fidelity", "--path",
+               tmp_path / "nope.pt", "--data", prepared / "bin"], check=False)
+    assert bad.returncode != 0 and "not found" in bad.stderr.strip().splitlines()[-1]
+
+
+# ------------------------------------------------------------------ comparison from logs
+
+def fake_log(path, valid, loads=None):
+    """A fairseq json log with the given {update: valid loss} and train_inner load records."""
+    path.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for u, loss in sorted(valid.items()):
+        rec = {"epoch": 1, "update": u / 1000, "loss": str(loss + 0.1), "num_updates": str(u)}
+        for k, v in (loads or {}).get(u, {}).items():
+            rec[k] = str(v)
+        lines.append("2026-11-23 00:00:00 | INFO | train_inner | " + json.dumps(rec))
+        lines.append(json.dumps({"epoch": 1, "valid_loss": str(loss), "valid_nll_loss": str(loss - 0.2),
+                                 "valid_num_updates": str(u)}))
+    (path / "train.log").write_text("noise line\n" + "\n".join(lines) + "\n")
+    return path
+
+
+def test_speedup_metric_and_tables(tmp_path):
+    runs = tmp_path / "runs"
+    # switch reaches its best 5.0 at update 400; sparsemixer s1 is <= 5.0 at 200 (2x), s2 at 400 (1x)
+    fake_log(runs / "switch-s1", {100: 7.0, 200: 6.0, 300: 5.5, 400: 5.0})
+    fake_log(runs / "switch-s2", {100: 7.0, 200: 6.0, 300: 5.5, 400: 5.0})
+    fake_log(runs / "sparsemixer-s1", {100: 6.0, 200: 4.9, 300: 4.8, 400: 4.7})
+    fake_log(runs / "sparsemixer-s2", {100: 6.5, 200: 5.5, 300: 5.1, 400: 5.0})
+    fake_log(runs / "dense-s1", {100: 8.0, 200: 7.0, 300: 6.5, 400: 6.0})
+    (runs / "sparsemixer-s1" / "eval_test.json").write_text(json.dumps(
+        {"sacrebleu": 12.5, "tok_bleu_compound_split": 13.0}))
+    out = tmp_path / "out"
+    p = run(["bash", "scripts/compare_routers.sh", "--from-logs", tmp_path, "--out", out])
+    res = json.loads((out / "summary.json").read_text())
+    sp = {x["candidate"]: x for x in res["speedup_pairs"]}
+    assert sp["sparsemixer-s1"]["speedup"] == 2.0 and sp["sparsemixer-s1"]["candidate_updates"] == 200
+    assert sp["sparsemixer-s2"]["speedup"] == 1.0
+    assert sp["sparsemixer-s1"]["final_difference"] == pytest.approx(-0.3)
+    assert res["speedup"]["mean_sd"][0] == pytest.approx(1.5)
+    assert res["speedup"]["mean_sd"][1] == pytest.approx(math.sqrt(0.5))
+    rows = {r["label"]: r for r in res["table"]}
+    assert rows["sparsemixer"]["final"][0] == pytest.approx(4.85) and rows["dense"]["final"][0] == 6.0
+    assert rows["sparsemixer"]["bleus"] == [12.5, None] and rows["switch"]["bleu"] == [None, None]
+    md = (out / "summary.md").read_text()
+    assert "| sparsemixer | 2 | 400 | 4.850 ± 0.212 |" in md and "1.50 ± 0.71x" in md
+    assert (out / "valid_loss.png").read_bytes()[:8] == PNG
+    assert "1.50 ± 0.71x" in p.stdout
+    # a candidate that never gets there; LABEL=PATH logs numbered as seeds
+    fake_log(tmp_path / "slow", {100: 7.5, 200: 6.5, 300: 6.0, 400: 5.5})
+    res = compare.summarize(compare.parse_runs([f"switch={runs / 'switch-s1'}", f"sparsemixer={tmp_path / 'slow'}"]),
+                            tmp_path / "out2")
+    assert res["speedup_pairs"][0]["speedup"] is None and res["speedup"]["reached"] == 0
+    assert "never reached" in (tmp_path / "out2" / "summary.md").read_text()
+
+
+def test_compare_errors_are_one_line(tmp_path):
+    p = run(["bash", "scripts/compare_routers.sh", "--from-logs", tmp_path / "none"], check=False)
+    assert p.returncode != 0 and "does not exist" in p.stderr.strip().splitlines()[-1]
+    fake_log(tmp_path / "x", {100: 1.0})
+    p = run(["python", "-m", "fairseq_sparsemixer.diagnostics.compare", tmp_path / "x", "--out", tmp_path / "o"],
+            check=False)
+    assert p.returncode != 0 and "cannot tell the label" in p.stderr.strip().splitlines()[-1]
+    for args, needle in [(["--routers", "dense nope"], "unknown router 'nope'"), (["--seeds", "1 x"], "'x' is not"),
+                         (["--experts", "0"], "--experts must be >= 1")]:
+        p = run(["bash", "scripts/compare_routers.sh", "--out", tmp_path / "c", *args], check=False)
+        assert p.returncode != 0 and needle in p.stderr.strip().splitlines()[-1]
+        assert not (tmp_path / "c").exists()
+
+
+def test_collapse_found_in_logs_and_heatmap(tmp_path):
+    loads = {u: {"load_enc0_e0": 0.6, "load_enc0_e1": 0.4 if u < 300 else 0.395,
+                 "load_enc0_e2": 0.0 if u >= 200 else 0.1, "load_enc0_e3": 0.005 if u >= 200 else 0.1,
+                 "load_dec0_e0": 0.5, "load_dec0_e1": 0.5, "load_dec0_e2": 0.0, "load_dec0_e3": 0.0}
+             for u in range(50, 450, 50)}
+    d = fake_log(tmp_path / "r", {u: 5.0 for u in loads}, loads)
+    log = read_train_log(d / "train.log")
+    updates, mats = expert_usage.load_matrices(log.inner)
+    assert list(mats) == ["enc0", "dec0"] and mats["enc0"].shape == (4, 8)
+    found = expert_usage.find_collapse(updates, mats, threshold=0.01, min_records=4)
+    assert {(c["layer"], c["expert"], c["from_update"], c["to_update"]) for c in found} == {
+        ("enc0", 2, 200, 400), ("enc0", 3, 200, 400), ("dec0", 2, 50, 400), ("dec0", 3, 50, 400)}
+    assert expert_usage.find_collapse(updates, mats, threshold=0.01, min_records=6) == [
+        c for c in found if c["layer"] == "dec0"]
+    p = run(["python", "-m", "fairseq_sparsemixer.diagnostics.expert_usage", d, "--out", tmp_path / "h.png"])
+    assert (tmp_path / "h.png").read_bytes()[:8] == PNG and "collapse: enc0 expert 2 below 1%" in p.stdout
+
+
+def test_collapse_monitor_warns_once_per_episode():
+    m = expert_usage.CollapseMonitor(threshold=0.1, patience=3)
+    seen = [m.update("enc0", [50, 5, 45]) for _ in range(5)]
+    assert [len(s) for s in seen] == [0, 0, 1, 0, 0] and "enc0 expert 1" in seen[2][0]
+    back = m.update("enc0", [40, 20, 40])
+    assert len(back) == 1 and "over" in back[0] and "after 5 batches" in back[0]
+    assert m.update("enc0", [0, 0, 0]) == []  # no tokens: nothing to say
+    assert expert_usage.CollapseMonitor(0.1, patience=0).update("enc0", [1, 0]) == []
+
+
+def test_training_logs_the_collapse_warning(prepared, tmp_path):
+    """Through fairseq-train: with a 50% threshold some expert is 'collapsed' within 2 batches."""
+    save = tmp_path / "c"
+    train(prepared, save, "--moe-collapse-threshold", "0.5", "--moe-collapse-batches", "2", updates="3")
+    assert "expert collapse: MoE layer" in (save / "train.log").read_text()
+
+
+def test_compare_routers_end_to_end_tiny(prepared, tmp_path):
+    """The real script: 3 routers x 2 seeds of a few updates, then a rerun that trains nothing."""
+    out = tmp_path / "cmp"
+    args = ["bash", "scripts/compare_routers.sh", "--prep-dir", prepared, "--out", out, "--seeds", "1 2",
+            "--max-update", "4", "--validate-interval", "2", "--no-bleu", "--", *SMALL]
+    p = run(args)
+    res = json.loads((out / "summary.json").read_text())
+    assert {r["label"]: r["seeds"] for r in res["table"]} == {
+        "dense": ["1", "2"], "switch": ["1", "2"], "sparsemixer": ["1", "2"]}
+    assert all(r["final_updates"] == [4, 4] for r in res["table"])
+    assert len(res["speedup_pairs"]) == 2
+    for f in ["valid_loss.png", "expert_load_switch-s1.png", "expert_load_sparsemixer-s2.png"]:
+        assert (out / f).read_bytes()[:8] == PNG
+    assert not (out / "expert_load_dense-s1.png").exists()
+    assert p.stdout.count("compare_routers.sh: training") == 6
+    again = run(args)
+    assert "training" not in again.stdout and (out / "summary.md").is_file()
