@@ -69,8 +69,11 @@ def compare(fns, device, warmup, repeats):
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def peak_memory(fn, device) -> int:
-    """Bytes allocated at the peak of one call of fn, above the level before it."""
+def peak_memory(fn, device, setup=None) -> int:
+    """Bytes allocated at the peak of one call of fn, above the level before it (after `setup()`,
+    which runs outside the measurement: e.g. dropping the old gradients)."""
+    if setup is not None:
+        setup()
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -153,6 +156,50 @@ class OneHotEinsumMoE(nn.Module):
         return out * self.omega.to(x.dtype) if self.omega is not None else out
 
 
+# aten ops of a forward+backward step of MoEFeedForward, by what they do (the rest is "other")
+_CATEGORIES = {
+    "expert matmuls": {"aten::addmm", "aten::mm", "aten::bmm", "aten::relu", "aten::clamp_min",
+                       "aten::threshold_backward", "aten::sum"},
+    "router": {"aten::softmax", "aten::_softmax", "aten::_softmax_backward_data", "aten::exponential_",
+               "aten::log", "aten::rand", "aten::uniform_", "aten::masked_fill", "aten::masked_fill_",
+               "aten::where", "aten::abs", "aten::maximum", "aten::gt", "aten::lt", "aten::max",
+               "aten::argmax", "aten::amax", "aten::logsumexp", "aten::gather", "aten::scatter_add_",
+               "aten::clamp_min_", "EstimatorGate", "EstimatorGateBackward"},
+    "dispatch (sort / gather / scatter)": {"aten::sort", "aten::argsort", "aten::index", "aten::index_select",
+                                           "aten::index_add_", "aten::index_add", "aten::index_put_",
+                                           "aten::bincount", "aten::split_with_sizes", "aten::cat",
+                                           "aten::repeat_interleave", "aten::arange", "aten::new_zeros",
+                                           "aten::zeros", "aten::_index_put_impl_"},
+    "gate and omega scaling": {"aten::mul"},
+    "views, copies, autograd bookkeeping": {"aten::t", "aten::transpose", "aten::as_strided", "aten::view",
+                                            "aten::expand", "aten::reshape", "aten::slice", "aten::unsqueeze",
+                                            "aten::detach", "detach", "aten::copy_", "aten::_to_copy", "aten::to",
+                                            "aten::empty", "aten::empty_strided", "aten::fill_", "aten::zero_",
+                                            "aten::linear", "aten::ones_like", "aten::zeros_like"},
+}
+
+
+def _category(op):
+    if op.startswith("autograd::") or op.endswith("Backward0") or "AccumulateGrad" in op:
+        return "views, copies, autograd bookkeeping"
+    return next((k for k, names in _CATEGORIES.items() if op in names), "other")
+
+
+def profile_breakdown(fn, steps=3):
+    """Share of the self CPU time of `steps` calls of fn per op category (torch.profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            fn()
+    total, cat = 0.0, {k: 0.0 for k in list(_CATEGORIES) + ["other"]}
+    for e in prof.key_averages():
+        t = e.self_cpu_time_total
+        total += t
+        cat[_category(e.key)] += t
+    return {k: round(v / total, 3) for k, v in cat.items()}
+
+
 def dense_ffn(d, d_ff):
     return nn.Sequential(nn.Linear(d, d_ff), nn.ReLU(), nn.Linear(d_ff, d))
 
@@ -185,15 +232,21 @@ def suite_layer(a, device, dtype):
             mods = {k: m.to(device, dtype).train() for k, m in layer_designs(a.dim, a.ffn_dim, n, designs).items()}
             fns = {k: step_fn(m, x) for k, m in mods.items()}
             sec = compare(fns, device, a.warmup, a.repeats)
-            mem = {k: peak_memory(f, device) for k, f in fns.items()}
+            mem = {k: peak_memory(lambda m=m: m(x).float().sum().backward(), device,
+                                  setup=lambda m=m: m.zero_grad(set_to_none=True)) for k, m in mods.items()}
             row = {"experts": n, "tokens": t, **{f"{k}_ms": round(v * 1e3, 3) for k, v in sec.items()},
                    **{f"{k}_over_dense": round(sec[k] / sec["dense"], 3) for k in designs[1:]},
                    **{f"{k}_peak_mib": round(mem[k] / 2 ** 20, 1) for k in designs},
                    "tokens_per_s_ours": round(t / sec["ours"])}
+            if a.profile and device.type == "cpu":
+                row["ours_profile"] = profile_breakdown(fns["ours"])
             rows.append(row)
             print(f"{n:>3} {t:>6} " + " ".join(f"{row[k + '_ms']:>17.2f}" for k in designs) + " " +
                   " ".join(f"{row[k + '_over_dense']:>19.3f}" for k in designs[1:]) + "   " +
                   " / ".join(f"{row[k + '_peak_mib']:.0f}" for k in designs))
+            if "ours_profile" in row:
+                print("      ours, share of CPU time: " +
+                      ", ".join(f"{k} {v:.0%}" for k, v in row["ours_profile"].items()))
             del mods, fns
     return rows
 
@@ -280,7 +333,8 @@ def suite_router(a, device, dtype):
         sec = compare(fns, device, a.warmup, a.repeats)
         row = {"arch": arch, "tokens": sents * length, "experts": a.router_experts,
                **{f"{r}_ms": round(v * 1e3, 2) for r, v in sec.items()},
-               **{f"{r}_over_switch": round(sec[r] / sec["switch"], 3) for r in a.routers if r != "switch"}}
+               **{f"{r}_over_switch": round(sec[r] / sec["switch"], 3) for r in a.routers if r != "switch"},
+               **{f"{r}_tokens_per_s": round(sents * length / v) for r, v in sec.items()}}
         rows.append(row)
         print(f"{arch:>5} {sents * length:>7} " + " ".join(f"{row[r + '_ms']:>18.1f}" for r in a.routers) + " " +
               " ".join(f"{row[r + '_over_switch']:>22.3f}" for r in a.routers if r != "switch"))
@@ -383,6 +437,8 @@ def main(argv=None):
     g.add_argument("--tokens", type=int, nargs="+", default=[1024, 4096, 16384])
     g.add_argument("--dim", type=int, default=512)
     g.add_argument("--ffn-dim", type=int, default=2048)
+    g.add_argument("--profile", action="store_true",
+                   help="CPU: also split ours' step time by op category (torch.profiler)")
     g = p.add_argument_group("router")
     g.add_argument("--arch", nargs="+", default=["tiny", "base"], choices=list(ARCHS))
     g.add_argument("--routers", nargs="+", default=["switch", "sparsemixer", "sparsemixer-v2"])
@@ -391,7 +447,7 @@ def main(argv=None):
     g.add_argument("--model-experts", type=int, nargs="+", default=[4, 16])
     g.add_argument("--updates", type=int, default=120)
     g.add_argument("--log-interval", type=int, default=10)
-    g.add_argument("--model-repeats", type=int, default=2)
+    g.add_argument("--model-repeats", type=int, default=3)
     g.add_argument("--gen-length", type=int, default=32, help="tokens generated per sentence (forced)")
     g.add_argument("--prep-dir", default=str(ROOT / "work" / "sample_en_de"))
     a = p.parse_args(argv)

@@ -46,16 +46,18 @@ while [[ $# -gt 0 ]]; do
 done
 command -v fairseq-train >/dev/null || die "fairseq-train not found; run 'bash scripts/setup.sh' and 'source .venv/bin/activate'"
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
-summarize() {  # $1: the run directories' parent, $2: OUT
-    local runs=("$1"/*/)
-    [[ -e "${runs[0]}" ]] || die "no run directories under $1"
-    python -m fairseq_sparsemixer.diagnostics.compare "${runs[@]%/}" --out "$2"
+summarize() {  # $1: OUT, then the run directories
+    local out="$1"; shift
+    python -m fairseq_sparsemixer.diagnostics.compare "$@" --out "$out"
 }
 
 if [[ -n "$FROM" ]]; then
     [[ -d "$FROM" ]] || die "--from-logs $FROM does not exist"
     parent="$FROM"; [[ -d "$FROM/runs" ]] && parent="$FROM/runs"
-    summarize "$parent" "${OUT:-$FROM}"
+    runs=()
+    for d in "$parent"/*/; do [[ -f "$d/train.log" ]] && runs+=("${d%/}"); done
+    [[ ${#runs[@]} -gt 0 ]] || die "no run directories with a train.log under $parent"
+    summarize "${OUT:-$FROM}" "${runs[@]}"
     exit 0
 fi
 
@@ -86,9 +88,11 @@ fi
 OUT="${OUT:-$ROOT/work/compare-e$EXPERTS}"
 mkdir -p "$OUT/runs"
 
+RUNS=()
 for seed in "${SEED_LIST[@]}"; do  # seed-major: a partial comparison already has every router
     for r in "${ROUTER_LIST[@]}"; do
         name="$r-s$seed" save="$OUT/runs/$r-s$seed"
+        RUNS+=("$save")
         want="updates=$MAXUPD experts=$EXPERTS recipe=$RECIPE valint=$VALINT extra=${EXTRA[*]:-}"
         if [[ "$(cat "$save/.trained" 2>/dev/null)" != "$want" ]]; then
             rm -f "$save/.trained" "$save/eval_test.json"
@@ -109,4 +113,4 @@ for seed in "${SEED_LIST[@]}"; do  # seed-major: a partial comparison already ha
         fi
     done
 done
-summarize "$OUT/runs" "$OUT"
+summarize "$OUT" "${RUNS[@]}"  # the runs of this command (others under OUT/runs: --from-logs OUT)

@@ -103,6 +103,19 @@ def test_fidelity_tool_returns_the_independent_exact_gradient_and_estimates():
     assert mean["sparsemixer"] < mean["switch"] and mean["sparsemixer-1st"] < mean["switch"], mean
 
 
+def test_fidelity_of_a_later_layer_does_not_depend_on_earlier_forcing():
+    """Forced forwards overwrite every layer's `last` routing: layer_fidelity takes it afresh."""
+    torch.manual_seed(0)
+    a, b = (MoEFeedForward(4, 8, 3, router="sparsemixer", jitter_eps=1.0).double().eval() for _ in range(2))
+    x = torch.randn(6, 4, dtype=torch.float64)
+    loss_fn = lambda: torch.tanh(b(x + 3 * a(x).mean(0))).pow(2).sum()  # a's tokens reach all of b's
+    fresh = gf.layer_fidelity(loss_fn, b, [0, 3])
+    gf.layer_fidelity(loss_fn, a, [1, 2, 5])  # forces a, which changes b's last routing
+    assert fresh == gf.layer_fidelity(loss_fn, b, [0, 3])
+    assert gf.layer_fidelity(loss_fn, b, [0, 3], route=b.last) != fresh  # the stale routing differs
+    assert all(r["kept"] >= 2 for r in fresh)
+
+
 def test_fidelity_compare_and_summary_math():
     g = {"exact": torch.tensor([1.0, -1.0, 0.0], dtype=torch.float64),
          "switch": torch.tensor([2.0, -2.0, 0.0], dtype=torch.float64),
@@ -124,6 +137,7 @@ def test_fidelity_cli_on_a_trained_checkpoint(trained, prepared, tmp_path):
     res = json.loads((out / "gradient_fidelity.json").read_text())
     assert res["router"] == "sparsemixer" and res["dtype"] == "float64"
     assert set(res["layers"]) == {"enc0", "enc2", "dec0", "dec2"}
+    assert sum(len(layer["tokens"]) for layer in res["layers"].values()) >= 4  # not vacuous
     for name, layer in res["layers"].items():
         assert layer["summary"]["tokens"] == len(layer["tokens"]) <= 2
         for rec in layer["tokens"]:

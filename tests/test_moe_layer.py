@@ -101,6 +101,21 @@ def test_expert_without_tokens_gets_zero_gradient_not_none():
             assert p.grad is not None and torch.all(p.grad == 0)
 
 
+def test_inference_skips_empty_experts_with_the_same_output():
+    m = forced(MoEFeedForward(4, 8, 3).eval(), expert=1)
+    x = torch.randn(6, 4)
+    x[:, 0] = 1.0
+    calls = []
+    for e in m.experts:
+        e.register_forward_hook(lambda mod, inp, out: calls.append(inp[0].size(0)))
+    with_grad = m(x)
+    assert calls == [0, 6, 0]  # autograd on: every expert runs (DDP)
+    calls.clear()
+    with torch.no_grad():
+        torch.testing.assert_close(m(x), with_grad.detach())
+    assert calls == [6]
+
+
 def test_gate_scaling_off_and_omega_defaults():
     torch.manual_seed(0)
     m = MoEFeedForward(8, 16, 3, gate_scaling=False).eval()

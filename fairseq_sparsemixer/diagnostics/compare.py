@@ -17,6 +17,7 @@ validated update at which the candidate is <= b*; speed-up = u_b / u_c. Resoluti
 validation interval; "not reached" when the candidate never gets there.
 """
 import argparse
+import logging
 import re
 import statistics
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from ._io import save_figure, setup_logging, write_json, write_text
 from .expert_usage import find_collapse, load_matrices, plot_heatmaps
 from .logs import TrainLog, find_log, read_train_log
 
+logger = logging.getLogger(__name__)
 _RUN_NAME = re.compile(r"^(?P<label>.+)-s(?P<seed>\d+)$")
 
 
@@ -64,8 +66,6 @@ def parse_run(spec: str) -> Run:
     if label is None:
         raise ValueError(f"cannot tell the label of {spec}: name it LABEL=PATH or <label>-s<seed>")
     log = read_train_log(path)
-    if not log.valid:
-        raise ValueError(f"{path} has no validation records (a fairseq json log with --log-format json?)")
     bleu_file = path.parent / "eval_test.json"
     bleu = None
     if bleu_file.is_file():
@@ -75,8 +75,17 @@ def parse_run(spec: str) -> Run:
 
 
 def parse_runs(specs: List[str]) -> List[Run]:
-    """Runs without a seed in their name are numbered 1, 2, ... within their label."""
-    runs = [parse_run(s) for s in specs]
+    """Runs without a seed in their name are numbered 1, 2, ... within their label. Runs without
+    a validation record yet (still starting) are left out, with a warning."""
+    runs = []
+    for spec in specs:
+        r = parse_run(spec)
+        if r.log.valid:
+            runs.append(r)
+        else:
+            logger.warning(f"{r.path} has no validation record yet (or is not a --log-format json log): left out")
+    if not runs:
+        raise ValueError("no run has a validation record")
     for r in runs:
         if r.seed == "?":
             taken = {x.seed for x in runs if x.label == r.label}
@@ -206,7 +215,8 @@ def markdown(res) -> str:
     lines = [f"| run | seeds | updates | final valid {m} | best valid {m} | sacreBLEU | tok. BLEU | collapsed runs |",
              "|---|---|---|---|---|---|---|---|"]
     for r in res["table"]:
-        lines.append(f"| {r['label']} | {len(r['seeds'])} | {max(r['final_updates'])} | {fmt(*r['final'])} | "
+        lo, hi = min(r["final_updates"]), max(r["final_updates"])
+        lines.append(f"| {r['label']} | {len(r['seeds'])} | {hi if lo == hi else f'{lo}–{hi}'} | {fmt(*r['final'])} | "
                      f"{fmt(*r['best'])} | {fmt(*r['bleu'], digits=2)} | {fmt(*r['tok_bleu'], digits=2)} | "
                      f"{r['collapsed_runs']} |")
     lines.append("")

@@ -121,10 +121,18 @@ def compare(grads: Dict[str, torch.Tensor]) -> Dict[str, dict]:
     return out
 
 
-def layer_fidelity(loss_fn, layer: MoEFeedForward, tokens: List[int]) -> List[dict]:
-    """token_gradients + compare for `tokens` (flat indices) of `layer`, whose `last` routing
-    must be that of an unforced eval forward of loss_fn."""
-    route = layer.last
+def unforced_route(loss_fn, layer: MoEFeedForward):
+    """`layer`'s routing in an unforced, no-grad forward of loss_fn. (Every forced forward
+    overwrites the `last` of every MoE layer, so take it afresh for each layer.)"""
+    with torch.no_grad():
+        loss_fn()
+    return layer.last
+
+
+def layer_fidelity(loss_fn, layer: MoEFeedForward, tokens: List[int], route=None) -> List[dict]:
+    """token_gradients + compare for `tokens` (flat indices) of `layer`; `route`: its
+    unforced_route (taken here if not given)."""
+    route = route if route is not None else unforced_route(loss_fn, layer)
     recs = []
     for t in tokens:
         probs, top = route.probs[t], int(route.expert_index[t, 0])
@@ -206,20 +214,18 @@ def main(argv=None):
         return label_smoothed_nll_loss(lprobs.view(-1, lprobs.size(-1)), target.view(-1), eps,
                                        ignore_index=pad)[0]
 
-    with torch.no_grad():
-        loss_fn()  # unforced forward: every layer's `last` routing
     gen = torch.Generator().manual_seed(a.seed)
     result = dict(path=str(Path(a.path).resolve()), data=a.data, subset=a.subset, sentences=a.sentences,
                   dtype="float32" if a.float32 else "float64", label_smoothing=eps,
                   router=layers[0][1].router.name, layers={})
     for name, layer in layers:
-        route = layer.last
+        route = unforced_route(loss_fn, layer)
         pm = getattr(layer, "padding_mask", None)
         real = torch.ones(route.probs.size(0), dtype=torch.bool) if pm is None else ~pm.reshape(-1).cpu()
         multi = real & ((route.probs > 0).sum(-1) > 1)  # one kept expert: every gradient is 0
         cand = torch.nonzero(multi).flatten()
         pick = cand[torch.randperm(cand.numel(), generator=gen)[: a.tokens]].tolist()
-        recs = layer_fidelity(loss_fn, layer, pick)
+        recs = layer_fidelity(loss_fn, layer, pick, route)
         s = summarize_layer(recs)
         s["single_expert_fraction"] = float(1 - multi.sum() / real.sum())
         result["layers"][name] = dict(summary=s, tokens=recs)

@@ -7,9 +7,9 @@ Plain PyTorch, no fairseq import. Dispatch (MegaBlocks-style, without custom ker
     ys_e  = f_e(xs[start_e : start_e + count_e])      one matmul pair per expert
     y     = index_add(gate[order] · ys, token[order]) (T, d)
 
-Memory is O(A × d); there is never a (tokens × experts × capacity) one-hot. Every expert is
-called, on an empty slice if it gets no token, so each expert parameter is always in the
-autograd graph (zero gradient) and DDP never sees an unused parameter.
+Memory is O(A × d); there is never a (tokens × experts × capacity) one-hot. With autograd on,
+every expert is called, on an empty slice if it gets no token, so each expert parameter is
+always in the autograd graph (zero gradient) and DDP never sees an unused parameter.
 """
 import math
 from typing import Optional
@@ -100,7 +100,11 @@ class MoEFeedForward(nn.Module):
         if self.capacity_factor > 0:
             token, gate, counts = self._apply_capacity(token, expert, gate, counts)
         xs = x[token]  # (A, d), grouped by expert
-        ys = torch.cat([f(chunk) for f, chunk in zip(self.experts, xs.split(counts.tolist()))])
+        # with autograd on, every expert runs (on an empty slice if it got no token) so that each
+        # parameter is in the graph (DDP); without it (inference), empty experts are skipped
+        run_all = torch.is_grad_enabled()
+        ys = torch.cat([f(chunk) if run_all or chunk.size(0) else chunk
+                        for f, chunk in zip(self.experts, xs.split(counts.tolist()))])
         if self.gate_scaling:
             ys = ys * gate.unsqueeze(-1).to(ys.dtype)
         out = x.new_zeros(x.shape).index_add_(0, token, ys.to(x.dtype))
