@@ -26,7 +26,7 @@ def test_train_generate_bleu(trained, prepared):
     inner = [r for r in recs if "train_moe_balance" in r or "moe_balance" in r]
     assert inner, "the MoE metrics are logged"
     keys = set().union(*inner)
-    for k in ("moe_balance", "moe_entropy", "moe_non_argmax", "load_enc0_e0", "load_dec0_e3"):
+    for k in ("moe_balance", "moe_entropy", "moe_non_argmax", "moe_one_kept", "load_enc0_e0", "load_dec0_e3"):
         assert any(k in key for key in keys), k
     # evaluate: average the last 2 checkpoints, translate every test line, sacreBLEU + tok BLEU
     run(["bash", "scripts/evaluate_wmt14.sh", "--save-dir", trained, "--prep-dir", prepared,

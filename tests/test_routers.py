@@ -280,3 +280,19 @@ def test_balance_loss_and_pads():
     want = 3 * (torch.tensor([2 / 3, 1 / 3, 0.0]) * p.mean(0)).sum()
     torch.testing.assert_close(out.balance_loss, want)
     torch.testing.assert_close(out.z_loss, (torch.logsumexp(logits[~pad], -1) ** 2).mean())
+
+
+def test_one_kept_frac_counts_tokens_without_router_gradient():
+    # rows: two kept (1.7 is within 20% of 2), one kept (every other logit is > 20% below 1),
+    # all kept (0/0 never drops), and a pad that must not count
+    logits = torch.tensor([[2.0, 1.7, 1.5, -1.0], [1.0, -1.0, 0.0, 0.5], [0.0, 0.0, 0.0, 0.0],
+                           [5.0, -5.0, -5.0, -5.0]], requires_grad=True)
+    pad = torch.tensor([False, False, False, True])
+    out = build_router("sparsemixer", embed_dim=4, num_experts=4).eval().route(logits, pad)
+    torch.testing.assert_close(out.one_kept_frac, torch.tensor(1 / 3))
+    # the claim behind the statistic: a one-kept token's logits get no gradient from the gate
+    # nor from the balance loss
+    (out.gate.sum() + out.balance_loss).backward()
+    assert logits.grad[1].abs().max() == 0 and logits.grad[0].abs().max() > 0
+    sw = build_router("switch", embed_dim=4, num_experts=4).eval().route(logits.detach(), pad)
+    assert sw.one_kept_frac.item() == 0.0  # full softmax: never one-hot at these logits

@@ -90,6 +90,7 @@ class MoELabelSmoothedCrossEntropyCriterion(LabelSmoothedCrossEntropyCriterion):
             "moe_tokens": sum(n),  # summed over layers
             "moe_entropy": sum(r.entropy.item() * k for (_, r), k in zip(routes, n)),
             "moe_non_argmax": sum(r.non_argmax_frac.item() * k for (_, r), k in zip(routes, n)),
+            "moe_one_kept": sum(r.one_kept_frac.item() * k for (_, r), k in zip(routes, n)),
         })
         if self.log_load:
             for (name, _), layer_counts, k in zip(routes, counts, n):
@@ -112,6 +113,7 @@ class MoELabelSmoothedCrossEntropyCriterion(LabelSmoothedCrossEntropyCriterion):
         metrics.log_scalar("moe_zloss", total("moe_zloss") / sample_size, sample_size, round=3)
         metrics.log_scalar("moe_entropy", total("moe_entropy") / moe_tokens / math.log(2), moe_tokens, round=3)
         metrics.log_scalar("moe_non_argmax", total("moe_non_argmax") / moe_tokens, moe_tokens, round=3)
+        metrics.log_scalar("moe_one_kept", total("moe_one_kept") / moe_tokens, moe_tokens, round=3)
         keys = {k for log in logging_outputs for k in log if k.startswith("load_") and not k.endswith("_n")}
         for key in sorted(keys):
             layer_total = total(key.rsplit("_e", 1)[0] + "_n")

@@ -85,7 +85,8 @@ def plot_heatmaps(updates, mats, path, title=""):
         im = ax.imshow(a, aspect="auto", interpolation="nearest", cmap="viridis", vmin=0.0, vmax=vmax,
                        extent=(updates[0], updates[-1], a.shape[0] - 0.5, -0.5))
         ax.set_ylabel(f"{layer}\nexpert")
-        ax.set_yticks(range(a.shape[0]) if a.shape[0] <= 16 else [])
+        n = a.shape[0]
+        ax.set_yticks(range(0, n, 1 if n <= 8 else 4 if n <= 32 else max(1, n // 8)))
     axes[-1, 0].set_xlabel("updates")
     fig.colorbar(im, ax=axes[:, 0].tolist(), label="fraction of tokens")
     fig.suptitle(title or "expert load")

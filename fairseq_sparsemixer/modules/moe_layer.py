@@ -52,7 +52,7 @@ class MoEFeedForward(nn.Module):
     (on for the SparseMixer v1 family, off for switch and sparsemixer-v2).
 
     After each forward, `self.last` holds the RouterOutput (balance_loss, z_loss,
-    expert_counts, entropy, non_argmax_frac) and `self.last_dropped` the number of
+    expert_counts, entropy, non_argmax_frac, one_kept_frac) and `self.last_dropped` the number of
     assignments dropped by capacity: a criterion collects them from every MoE layer
     (see `fairseq_sparsemixer.modules.collect_moe_stats`).
     """

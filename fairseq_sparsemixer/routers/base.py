@@ -37,11 +37,14 @@ class RouterOutput:
     #   expert_counts    int64 (N,)  tokens whose first choice is e
     #   entropy          scalar   mean_t H(probs), no gradient
     #   non_argmax_frac  scalar   fraction of tokens with first choice != argmax θ
+    #   one_kept_frac    scalar   fraction of tokens whose probs keep a single expert (π_D = 1,
+    #                             ∂π/∂θ = 0: no gradient from the gate nor the balance loss)
     balance_loss = property(lambda self: self._stats["balance_loss"])
     z_loss = property(lambda self: self._stats["z_loss"])
     expert_counts = property(lambda self: self._stats["expert_counts"])
     entropy = property(lambda self: self._stats["entropy"])
     non_argmax_frac = property(lambda self: self._stats["non_argmax_frac"])
+    one_kept_frac = property(lambda self: self._stats["one_kept_frac"])
 
     @cached_property
     def _stats(self):
@@ -55,14 +58,15 @@ class RouterOutput:
             if first.numel() == 0:
                 zero = self.logits.sum() * 0.0
                 return dict(balance_loss=zero, z_loss=zero, expert_counts=counts, entropy=zero.detach(),
-                            non_argmax_frac=zero.detach())
+                            non_argmax_frac=zero.detach(), one_kept_frac=zero.detach())
             frac = counts.float() / first.numel()  # f_e, no gradient
             with torch.no_grad():
                 ent = -(p * torch.log(p.clamp_min(1e-30))).sum(-1).mean()
                 non_argmax = (first != lg.argmax(dim=-1)).float().mean()
+                one_kept = ((p > 0).sum(-1) == 1).float().mean()
             return dict(balance_loss=n * (frac * p.mean(dim=0)).sum(),
                         z_loss=(torch.logsumexp(lg, dim=-1) ** 2).mean(), expert_counts=counts,
-                        entropy=ent, non_argmax_frac=non_argmax)
+                        entropy=ent, non_argmax_frac=non_argmax, one_kept_frac=one_kept)
 
 
 def relative_mask(logits: torch.Tensor, jitter_eps: float, best: Optional[torch.Tensor] = None,
