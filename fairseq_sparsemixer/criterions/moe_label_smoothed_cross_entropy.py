@@ -84,13 +84,15 @@ class MoELabelSmoothedCrossEntropyCriterion(LabelSmoothedCrossEntropyCriterion):
         if model.training:
             for (name, _), layer_counts in zip(routes, counts):
                 self.collapse.update(name, layer_counts)
+        # every logged scalar in one device sync: per layer (entropy, non-argmax, one-kept)
+        per_layer = torch.stack([torch.stack([r.entropy, r.non_argmax_frac, r.one_kept_frac])
+                                 for _, r in routes]).tolist()
         log.update({
             "moe_balance": balance.item() * sample_size,
             "moe_zloss": z.item() * sample_size,
             "moe_tokens": sum(n),  # summed over layers
-            "moe_entropy": sum(r.entropy.item() * k for (_, r), k in zip(routes, n)),
-            "moe_non_argmax": sum(r.non_argmax_frac.item() * k for (_, r), k in zip(routes, n)),
-            "moe_one_kept": sum(r.one_kept_frac.item() * k for (_, r), k in zip(routes, n)),
+            **{key: sum(row[j] * k for row, k in zip(per_layer, n))
+               for j, key in enumerate(("moe_entropy", "moe_non_argmax", "moe_one_kept"))},
         })
         if self.log_load:
             for (name, _), layer_counts, k in zip(routes, counts, n):

@@ -220,14 +220,14 @@ def main(argv=None):
                   router=layers[0][1].router.name, layers={})
     for name, layer in layers:
         route = unforced_route(loss_fn, layer)
-        pm = getattr(layer, "padding_mask", None)
-        real = torch.ones(route.probs.size(0), dtype=torch.bool) if pm is None else ~pm.reshape(-1).cpu()
+        pm = route.padding_mask
+        real = torch.ones(route.probs.size(0), dtype=torch.bool) if pm is None else ~pm.cpu()
         multi = real & ((route.probs > 0).sum(-1) > 1)  # one kept expert: every gradient is 0
         cand = torch.nonzero(multi).flatten()
         pick = cand[torch.randperm(cand.numel(), generator=gen)[: a.tokens]].tolist()
         recs = layer_fidelity(loss_fn, layer, pick, route)
         s = summarize_layer(recs)
-        s["single_expert_fraction"] = float(1 - multi.sum() / real.sum())
+        s["single_expert_fraction"] = route.one_kept_frac.item()
         result["layers"][name] = dict(summary=s, tokens=recs)
         print(f"{name}: {len(recs)} tokens ({s['single_expert_fraction']:.0%} of the layer's tokens keep "
               f"one expert: all gradients 0, skipped)")
