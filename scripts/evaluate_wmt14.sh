@@ -61,11 +61,12 @@ n_hyp=$(wc -l < "$HYP.tmp"); n_ref=$(wc -l < "$REF")
 [[ "$n_hyp" == "$n_ref" ]] || die "$n_hyp hypotheses for $n_ref references: fairseq-generate skipped sentences (see $GEN)"
 mv "$HYP.tmp" "$HYP"
 python -m fairseq_sparsemixer.bleu --hyp "$HYP" --ref "$REF" --json "$SAVE/eval_$SUBSET.json.part"
-python - "$SAVE/eval_$SUBSET.json" "$CKPT" "$BEAM" "$LENPEN" <<'PY'
+python - "$SAVE/eval_$SUBSET.json" "$CKPT" "$BEAM" "$LENPEN" "$HYP" "$REF" <<'PY'
 import json, os, sys
-out, ckpt, beam, lenpen = sys.argv[1:]
+out, ckpt, beam, lenpen, hyp, ref = sys.argv[1:]
 r = json.load(open(out + ".part"))
-r.update(checkpoint=os.path.abspath(ckpt), beam=int(beam), lenpen=float(lenpen))
+r.update(checkpoint=os.path.abspath(ckpt), beam=int(beam), lenpen=float(lenpen),
+         hypotheses=os.path.abspath(hyp), reference=os.path.abspath(ref))
 json.dump(r, open(out + ".tmp", "w"), indent=2)
 os.replace(out + ".tmp", out)
 os.remove(out + ".part")

@@ -2,17 +2,30 @@
 # Train a Switch-Transformer (or the dense baseline) on prepared WMT'14 En-De data.
 #
 #   bash scripts/train_wmt14.sh --router sparsemixer --experts 4 [--arch ARCH] [--data DIR]
-#        [--save-dir DIR] [--seed S] [--max-update N] [--recipe paper|cpu-tiny] [--dense]
+#        [--save-dir DIR] [--seed S] [--max-update N] [--recipe paper|authors|cpu-tiny] [--dense]
 #        [-- extra fairseq-train args]
 #
-# --experts 0 or --dense trains fairseq's own `transformer` arch of the same dims.
-# Recipes (fairseq flags; extra args after -- override them):
-#   paper     the paper's: Adam (0.9, 0.98), lr 7e-4, inverse-sqrt, 8000 warmup from 1e-7,
-#             dropout 0.1, label smoothing 0.1, shared embeddings, 8192 tokens x 16 per update
+# --experts 0 or --dense trains fairseq's own `transformer` arch of the same dims (with the
+# same criterion, which is plain label-smoothed CE for a model without MoE layers).
+# Recipes (fairseq flags; extra args after -- override them). All: Adam (0.9, 0.98), no
+# clipping, no weight decay, inverse-sqrt, label smoothing 0.1, shared embeddings, dropout 0.1,
+# balance weight alpha 0.01, jitter 0.1.
+#   paper     the paper's text: lr 7e-4, 8000 warmup from 1e-7, 8192 tokens x 16 per update
 #             in total (--update-freq = 16 / #GPUs, rounded up), fp16 on GPU,
-#             arch switch_transformer_wmt_en_de, max update 100k (set --max-update).
+#             arch switch_transformer_wmt_en_de, max update 100k (set --max-update);
+#             attention/activation dropout 0, router without bias, balance loss token-mean:
+#             effective weight 0.01 on the per-token balance loss.
+#   authors   the authors' released run script (microsoft/SparseMixer example/run_moe.sh):
+#             as paper, plus --attention-dropout 0.1 --activation-dropout 0.1,
+#             --moe-router-bias, --moe-balance-reduction batch-sum (effective weight
+#             0.01 x 6 MoE layers / ~8192 tokens per micro-batch, about 7e-6), max update
+#             400k, --fp16-init-scale 4 --fp16-scale-window 256, --ddp-backend legacy_ddp
+#             (their no_c10d), --skip-invalid-size-inputs-valid-test, --save-interval 10,
+#             --log-interval 100, --num-workers 8. Left as ours: pads are not routed (theirs
+#             are, and count in their balance loss), the router runs in fp32.
 #   cpu-tiny  the quickstart's: switch_transformer_tiny, lr 3e-3, 200 warmup, 2048 tokens
-#             per update, measured to learn on 2 CPU cores in minutes (README).
+#             per update, measured to learn on 2 CPU cores in minutes (README); balance loss
+#             token-mean (effective weight 0.01).
 # Multi-GPU on one machine: all visible GPUs, through fairseq's own distributed training
 # (CUDA_VISIBLE_DEVICES picks them). Multi-node: see docs/multi_node.md (torchrun).
 # Without a GPU it runs on CPU, with a warning. Logs: SAVE_DIR/train.log (json), tensorboard
@@ -35,7 +48,7 @@ while [[ $# -gt 0 ]]; do
         --max-update) MAXUPD="${2:?}"; shift 2 ;;
         --recipe) RECIPE="${2:?}"; shift 2 ;;
         --) shift; EXTRA=("$@"); break ;;
-        -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,38p' "$0"; exit 0 ;;
         *) die "unknown option $1 (see --help)" ;;
     esac
 done
@@ -52,14 +65,23 @@ cmp -s "$DATA/dict.en.txt" "$DATA/dict.de.txt" \
     || die "$DATA/dict.en.txt and dict.de.txt differ, but shared embeddings need one joined dictionary (fairseq-preprocess --joined-dictionary, as prepare_wmt14.sh does)"
 command -v fairseq-train >/dev/null || die "fairseq-train not found; run 'bash scripts/setup.sh' and 'source .venv/bin/activate'"
 
+RECIPE_ARGS=() MOE_RECIPE_ARGS=() GPU_RECIPE_ARGS=() LOGINT=50
 case "$RECIPE" in
     paper)
         ARCH="${ARCH:-switch_transformer_wmt_en_de}"; MAXUPD="${MAXUPD:-100000}"
         LR=7e-4 WARMUP=8000 TOKENS=8192 TOTAL_BATCH=16 ;;
+    authors)
+        ARCH="${ARCH:-switch_transformer_wmt_en_de}"; MAXUPD="${MAXUPD:-400000}"
+        LR=7e-4 WARMUP=8000 TOKENS=8192 TOTAL_BATCH=16 LOGINT=100
+        RECIPE_ARGS=(--attention-dropout 0.1 --activation-dropout 0.1 --ddp-backend legacy_ddp
+                     --skip-invalid-size-inputs-valid-test --best-checkpoint-metric loss
+                     --save-interval 10 --num-workers 8 --moe-balance-reduction batch-sum)
+        MOE_RECIPE_ARGS=(--moe-router-bias)
+        GPU_RECIPE_ARGS=(--fp16-init-scale 4 --fp16-scale-window 256) ;;
     cpu-tiny)
         ARCH="${ARCH:-switch_transformer_tiny}"; MAXUPD="${MAXUPD:-100000}"
         LR=3e-3 WARMUP=200 TOKENS=2048 TOTAL_BATCH=1 ;;
-    *) die "--recipe must be paper or cpu-tiny, got '$RECIPE'" ;;
+    *) die "--recipe must be paper, authors or cpu-tiny, got '$RECIPE'" ;;
 esac
 if [[ "$EXPERTS" == 0 ]]; then
     MODEL=(--arch "${ARCH/switch_transformer/transformer}")  # fairseq's dense arch, same dims
@@ -67,16 +89,17 @@ if [[ "$EXPERTS" == 0 ]]; then
         --encoder-ffn-embed-dim 512 --encoder-attention-heads 4 --encoder-layers 3 --decoder-embed-dim 128
         --decoder-ffn-embed-dim 512 --decoder-attention-heads 4 --decoder-layers 3
         --encoder-normalize-before --decoder-normalize-before)
-    CRIT=label_smoothed_cross_entropy; NAME="dense"
+    NAME="dense"
 else
-    MODEL=(--arch "$ARCH" --moe-experts "$EXPERTS" --moe-router "$ROUTER")
-    CRIT=moe_label_smoothed_cross_entropy; NAME="$ROUTER-e$EXPERTS"
+    MODEL=(--arch "$ARCH" --moe-experts "$EXPERTS" --moe-router "$ROUTER" --moe-jitter-eps 0.1
+           ${MOE_RECIPE_ARGS[@]+"${MOE_RECIPE_ARGS[@]}"})
+    NAME="$ROUTER-e$EXPERTS"
 fi
 SAVE="${SAVE:-$ROOT/checkpoints/$NAME-$ARCH-s$SEED}"
 
 NGPU=$(python -c 'import torch; print(torch.cuda.device_count())' 2>/dev/null || echo 0)
 if [[ "$NGPU" -gt 0 ]]; then
-    DEV=(--fp16 --distributed-world-size "$NGPU"); UPDATE_FREQ=$(( (TOTAL_BATCH + NGPU - 1) / NGPU ))
+    DEV=(--fp16 ${GPU_RECIPE_ARGS[@]+"${GPU_RECIPE_ARGS[@]}"} --distributed-world-size "$NGPU"); UPDATE_FREQ=$(( (TOTAL_BATCH + NGPU - 1) / NGPU ))
 else
     echo "train_wmt14.sh: warning: no GPU found, training on CPU (fine for the sample, far too slow for WMT'14)" >&2
     DEV=(--cpu); UPDATE_FREQ=$TOTAL_BATCH
@@ -88,10 +111,11 @@ CMD=(fairseq-train "$DATA" --user-dir "$ROOT/fairseq_sparsemixer" "${MODEL[@]}"
      --task translation --source-lang en --target-lang de --share-all-embeddings
      --optimizer adam --adam-betas '(0.9, 0.98)' --clip-norm 0.0
      --lr "$LR" --lr-scheduler inverse_sqrt --warmup-updates "$WARMUP" --warmup-init-lr 1e-07
-     --dropout 0.1 --weight-decay 0.0 --criterion "$CRIT" --label-smoothing 0.1
+     --dropout 0.1 --weight-decay 0.0 --criterion moe_label_smoothed_cross_entropy
+     --label-smoothing 0.1 --moe-balance-weight 0.01
      --max-tokens "$TOKENS" --update-freq "$UPDATE_FREQ" --max-update "$MAXUPD" --seed "$SEED"
-     --save-dir "$SAVE" --log-format json --log-interval 50 --log-file "$SAVE/train.log"
-     "${DEV[@]}" ${TB[@]+"${TB[@]}"} ${EXTRA[@]+"${EXTRA[@]}"})
+     --save-dir "$SAVE" --log-format json --log-interval "$LOGINT" --log-file "$SAVE/train.log"
+     ${RECIPE_ARGS[@]+"${RECIPE_ARGS[@]}"} "${DEV[@]}" ${TB[@]+"${TB[@]}"} ${EXTRA[@]+"${EXTRA[@]}"})
 # parse the flags as fairseq-train will (arch defaults and --moe-* checks included) before
 # anything is written to SAVE_DIR: a bad value stops here with one line
 python -c 'import sys; from fairseq import options; options.parse_args_and_arch(options.get_training_parser(), sys.argv[1:])' \

@@ -1,14 +1,23 @@
 """Label-smoothed CE plus the MoE auxiliary losses, with routing metrics.
 
-fairseq sums the loss over the batch and divides the gradient by `sample_size` (target
-tokens). The auxiliary terms are per-token means over the MoE layers, so they enter as
+fairseq sums the loss over the micro-batch's target tokens and divides the gradient of the
+update by `sample_size` (the target tokens of all its micro-batches and ranks, S). With L MoE
+layers, balance loss b_l, z-loss z_l, α = --moe-balance-weight and w_z = --moe-z-loss-weight,
+the loss of one micro-batch of s target tokens is
 
-    loss = CE_sum + sample_size · (w_bal · mean_l balance_l + w_z · mean_l z_l)
+    token-mean (default, the Switch Transformer convention):
+        CE_sum + s · α · mean_l b_l + s · w_z · mean_l z_l
+        → after fairseq's division: CE_mean + α · mean_l b_l + w_z · mean_l z_l
+    batch-sum (the authors' released code, `translation_switch.py` `_get_loss`):
+        CE_sum + α · sum_l b_l + s · w_z · mean_l z_l
+        → CE_mean + (α · L / (S / #micro-batches)) · mean_l b_l + ...: the effective weight on
+          the per-token balance loss is α·L divided by the target tokens of a micro-batch
+          (α = 0.01, 6 MoE layers, ~8k tokens: ~7e-6; the cpu-tiny recipe, 4 layers, ~1.6k:
+          ~2.5e-5), 400-1000 times weaker than token-mean with the same α.
 
-which after fairseq's division is CE_mean + w_bal · mean balance + w_z · mean z: exactly the
-authors' "L = CE + α · balance" with α = --moe-balance-weight (0.01 in the paper).
-The logged `loss` and `nll_loss` are the CE alone (comparable with a dense model);
-`moe_balance`, `moe_zloss` are logged separately.
+The z-loss is token-mean in both. The logged `loss` and `nll_loss` are the CE alone (comparable
+with a dense model); `moe_balance` (the token-weighted mean over micro-batches of mean_l b_l,
+the same in both modes) and `moe_zloss` are logged separately.
 """
 import logging
 import math
@@ -16,6 +25,7 @@ from dataclasses import dataclass, field
 
 import torch
 from fairseq.criterions import register_criterion
+from fairseq.dataclass import ChoiceEnum
 from fairseq.criterions.label_smoothed_cross_entropy import (
     LabelSmoothedCrossEntropyCriterion, LabelSmoothedCrossEntropyCriterionConfig)
 from fairseq.logging import metrics
@@ -24,10 +34,19 @@ from ..diagnostics.expert_usage import CollapseMonitor
 from ..modules import MoEFeedForward
 
 
+BALANCE_REDUCTIONS = ["token-mean", "batch-sum"]
+
+
 @dataclass
 class MoELabelSmoothedCrossEntropyConfig(LabelSmoothedCrossEntropyCriterionConfig):
     moe_balance_weight: float = field(default=0.01, metadata={
-        "help": "weight of the Switch load-balancing loss (the paper's alpha = 0.01)"})
+        "help": "weight alpha of the Switch load-balancing loss (the paper's 0.01); how it is "
+                "scaled: --moe-balance-reduction"})
+    moe_balance_reduction: ChoiceEnum(BALANCE_REDUCTIONS) = field(default="token-mean", metadata={
+        "help": "token-mean: loss += tokens * alpha * mean over MoE layers (Switch convention: alpha "
+                "is the weight on the per-token loss); batch-sum: loss += alpha * sum over MoE "
+                "layers, per micro-batch (the authors' released code: effective weight alpha * "
+                "layers / tokens per micro-batch)"})
     moe_z_loss_weight: float = field(default=0.0, metadata={
         "help": "weight of the router z-loss (ST-MoE); 0 = off"})
     moe_no_load_log: bool = field(default=False, metadata={
@@ -56,11 +75,15 @@ class MoELabelSmoothedCrossEntropyCriterion(LabelSmoothedCrossEntropyCriterion):
 
     def __init__(self, task, sentence_avg, label_smoothing, ignore_prefix_size=0,
                  report_accuracy=False, moe_balance_weight=0.01, moe_z_loss_weight=0.0,
-                 moe_no_load_log=False, moe_collapse_threshold=0.01, moe_collapse_batches=200):
+                 moe_balance_reduction="token-mean", moe_no_load_log=False, moe_collapse_threshold=0.01, moe_collapse_batches=200):
         super().__init__(task, sentence_avg, label_smoothing, ignore_prefix_size, report_accuracy)
         if moe_balance_weight < 0 or moe_z_loss_weight < 0:
             raise ValueError("--moe-balance-weight and --moe-z-loss-weight must be >= 0")
+        if moe_balance_reduction not in BALANCE_REDUCTIONS:
+            raise ValueError(f"--moe-balance-reduction {moe_balance_reduction!r} is unknown; "
+                             f"valid: {', '.join(BALANCE_REDUCTIONS)}")
         self.balance_weight = moe_balance_weight
+        self.balance_reduction = moe_balance_reduction
         self.z_weight = moe_z_loss_weight
         self.log_load = not moe_no_load_log
         # fairseq-train attaches --log-file to the "fairseq_cli.train" logger: warn there so that
@@ -76,9 +99,14 @@ class MoELabelSmoothedCrossEntropyCriterion(LabelSmoothedCrossEntropyCriterion):
         routes = [(name, m.last) for name, m in self._layers if m.last is not None]
         if not routes:
             return loss, sample_size, log
-        balance = torch.stack([r.balance_loss for _, r in routes]).mean()
+        balances = torch.stack([r.balance_loss for _, r in routes])
+        balance = balances.mean()
         z = torch.stack([r.z_loss for _, r in routes]).mean()
-        loss = loss + sample_size * (self.balance_weight * balance + self.z_weight * z)
+        if self.balance_reduction == "token-mean":
+            aux_balance = sample_size * self.balance_weight * balance
+        else:  # batch-sum
+            aux_balance = self.balance_weight * balances.sum()
+        loss = loss + aux_balance + sample_size * self.z_weight * z
         counts = [r.expert_counts.tolist() for _, r in routes]  # one device sync per layer
         n = [sum(c) for c in counts]  # routed (non-pad) tokens of each layer
         if model.training:

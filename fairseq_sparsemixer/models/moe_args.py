@@ -13,6 +13,8 @@ MOE_ARGS = {
     "moe_no_gate_scaling": (False, bool, "y = f_D(x): no gate in the output (ablation)"),
     "moe_no_omega": (False, bool, "no learned per-channel omega (ablation)"),
     "moe_no_mask": (False, bool, "sample from the full softmax, without the mask (ablation)"),
+    "moe_router_bias": (False, bool, "router logits W x + b, as the authors' released code "
+                                     "(nn.Linear default init); default: no bias"),
 }
 
 
@@ -62,4 +64,6 @@ def moe_layer_kwargs(args):
         kw["omega"] = False
     if args.moe_no_mask:
         kw["mask"] = False
+    if args.moe_router_bias:
+        kw["bias"] = True
     return kw

@@ -108,7 +108,8 @@ class Router(nn.Module):
     #: the largest top_k the router supports
     max_top_k = 1
 
-    def __init__(self, embed_dim: int, num_experts: int, jitter_eps: float = 0.1, top_k: int = 1):
+    def __init__(self, embed_dim: int, num_experts: int, jitter_eps: float = 0.1, top_k: int = 1,
+                 bias: bool = False):
         super().__init__()
         if num_experts < 1:
             raise ValueError(f"num_experts must be >= 1, got {num_experts}")
@@ -121,13 +122,17 @@ class Router(nn.Module):
         self.num_experts = num_experts
         self.jitter_eps = float(jitter_eps)
         self.top_k = top_k
-        self.proj = nn.Linear(embed_dim, num_experts, bias=False)
+        # θ = W x (+ b with bias=True: the authors' released router, nn.Linear(d, N) with its
+        # default initialization). The mask's relative distance is not shift-invariant, so a
+        # bias changes which experts it keeps.
+        self.proj = nn.Linear(embed_dim, num_experts, bias=bias)
 
     name = "router"
 
     def forward(self, x: torch.Tensor, padding_mask: Optional[torch.Tensor] = None) -> RouterOutput:
         with torch.autocast(device_type=x.device.type, enabled=False):
-            logits = F.linear(x.float(), self.proj.weight.float())  # (T, N) in fp32
+            bias = None if self.proj.bias is None else self.proj.bias.float()
+            logits = F.linear(x.float(), self.proj.weight.float(), bias)  # (T, N) in fp32
         return self.route(logits, padding_mask)
 
     def route(self, logits: torch.Tensor, padding_mask: Optional[torch.Tensor] = None) -> RouterOutput:

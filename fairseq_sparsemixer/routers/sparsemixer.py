@@ -73,8 +73,8 @@ class SparseMixerRouter(Router):
     rule = "midpoint"
     grad_factor = 2.0
 
-    def __init__(self, embed_dim, num_experts, jitter_eps=0.1, top_k=1, mask=True):
-        super().__init__(embed_dim, num_experts, jitter_eps, top_k)
+    def __init__(self, embed_dim, num_experts, jitter_eps=0.1, top_k=1, bias=False, mask=True):
+        super().__init__(embed_dim, num_experts, jitter_eps, top_k, bias)
         self.mask = bool(mask)
 
     def _stage(self, logits, drop):
