@@ -58,11 +58,11 @@ class MoELabelSmoothedCrossEntropyConfig(LabelSmoothedCrossEntropyCriterionConfi
 
 
 def _short(name):
-    """'encoder.layers.2.fc1' -> 'enc2'."""
+    """'encoder.layers.2.fc1' -> 'enc2'; wrappers' prefixes ('module.' under DDP) are skipped."""
     parts = name.split(".")
-    side = {"encoder": "enc", "decoder": "dec"}.get(parts[0], parts[0])
-    idx = next((p for p in parts[1:] if p.isdigit()), "")
-    return side + idx
+    side = next((i for i, p in enumerate(parts) if p in ("encoder", "decoder")), 0)
+    idx = next((p for p in parts[side + 1:] if p.isdigit()), "")
+    return {"encoder": "enc", "decoder": "dec"}.get(parts[side], parts[side]) + idx
 
 
 def moe_named_layers(model):
@@ -100,27 +100,28 @@ class MoELabelSmoothedCrossEntropyCriterion(LabelSmoothedCrossEntropyCriterion):
         if not routes:
             return loss, sample_size, log
         balances = torch.stack([r.balance_loss for _, r in routes])
-        balance = balances.mean()
         z = torch.stack([r.z_loss for _, r in routes]).mean()
         if self.balance_reduction == "token-mean":
-            aux_balance = sample_size * self.balance_weight * balance
+            aux_balance = sample_size * self.balance_weight * balances.mean()
         else:  # batch-sum
             aux_balance = self.balance_weight * balances.sum()
         loss = loss + aux_balance + sample_size * self.z_weight * z
-        counts = [r.expert_counts.tolist() for _, r in routes]  # one device sync per layer
+        # every logged value of every layer in one device sync: per layer (balance, z-loss,
+        # entropy, non-argmax, one-kept, expert counts...) in float64 (counts stay exact)
+        rows = torch.stack([torch.cat([torch.stack([r.balance_loss, r.z_loss, r.entropy, r.non_argmax_frac,
+                                                    r.one_kept_frac]).detach().double(),
+                                       r.expert_counts.double()]) for _, r in routes]).tolist()
+        counts = [[int(c) for c in row[5:]] for row in rows]
         n = [sum(c) for c in counts]  # routed (non-pad) tokens of each layer
         if model.training:
             for (name, _), layer_counts in zip(routes, counts):
                 self.collapse.update(name, layer_counts)
-        # every logged scalar in one device sync: per layer (entropy, non-argmax, one-kept)
-        per_layer = torch.stack([torch.stack([r.entropy, r.non_argmax_frac, r.one_kept_frac])
-                                 for _, r in routes]).tolist()
         log.update({
-            "moe_balance": balance.item() * sample_size,
-            "moe_zloss": z.item() * sample_size,
+            "moe_balance": sum(row[0] for row in rows) / len(rows) * sample_size,
+            "moe_zloss": sum(row[1] for row in rows) / len(rows) * sample_size,
             "moe_tokens": sum(n),  # summed over layers
-            **{key: sum(row[j] * k for row, k in zip(per_layer, n))
-               for j, key in enumerate(("moe_entropy", "moe_non_argmax", "moe_one_kept"))},
+            **{key: sum(row[j] * k for row, k in zip(rows, n))
+               for j, key in ((2, "moe_entropy"), (3, "moe_non_argmax"), (4, "moe_one_kept"))},
         })
         if self.log_load:
             for (name, _), layer_counts, k in zip(routes, counts, n):

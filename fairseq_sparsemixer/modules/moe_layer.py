@@ -7,6 +7,11 @@ Plain PyTorch, no fairseq import. Dispatch (MegaBlocks-style, without custom ker
     ys_e  = f_e(xs[start_e : start_e + count_e])      one matmul pair per expert
     y     = index_add(gate[order] · ys, token[order]) (T, d)
 
+Pad tokens are sent to a discard slot N, sorted after every expert and cut off, so that no
+boolean indexing is needed. The only host-device synchronization of a forward (and its
+backward) is the one `.tolist()` of the counts that sizes the split (plus, with a capacity
+limit, the indexing that drops the overflow).
+
 Memory is O(A × d); there is never a (tokens × experts × capacity) one-hot. With autograd on,
 every expert is called, on an empty slice if it gets no token, so each expert parameter is
 always in the autograd graph (zero gradient) and DDP never sees an unused parameter.
@@ -54,7 +59,7 @@ class MoEFeedForward(nn.Module):
     After each forward, `self.last` holds the RouterOutput (balance_loss, z_loss,
     expert_counts, entropy, non_argmax_frac, one_kept_frac) and `self.last_dropped` the number of
     assignments dropped by capacity: a criterion collects them from every MoE layer
-    (see `fairseq_sparsemixer.modules.collect_moe_stats`).
+    (see the criterion `moe_label_smoothed_cross_entropy`).
     """
 
     def __init__(self, embed_dim: int, ffn_dim: int, num_experts: int, router: str = "sparsemixer",
@@ -85,26 +90,28 @@ class MoEFeedForward(nn.Module):
         pad = None if padding_mask is None else padding_mask.reshape(-1).to(torch.bool)
         route = self.router(x, pad)
         self.last = route
-        k = route.expert_index.size(1)
-        # assignments (A,) = (token, expert, gate), pads removed
+        n, k = self.num_experts, route.expert_index.size(1)
+        # assignments (A,) = (token, expert, gate); pads to the discard slot n
         token = torch.arange(x.size(0), device=x.device).repeat_interleave(k)
         expert = route.expert_index.reshape(-1)
         gate = route.gate.reshape(-1)
         if pad is not None:
-            keep = ~pad.repeat_interleave(k)
-            token, expert, gate = token[keep], expert[keep], gate[keep]
+            expert = expert.masked_fill(pad.repeat_interleave(k), n)
         order = torch.argsort(expert, stable=True)
         token, expert, gate = token[order], expert[order], gate[order]
-        counts = torch.bincount(expert, minlength=self.num_experts)
+        counts = torch.zeros(n + 1, dtype=torch.long, device=x.device)
+        sizes = counts.scatter_add_(0, expert, torch.ones_like(expert)).tolist()[:n]  # the host sync
+        routed = sum(sizes)  # non-pad assignments, sorted first
+        token, expert, gate = token[:routed], expert[:routed], gate[:routed]
         self.last_dropped = 0
         if self.capacity_factor > 0:
-            token, gate, counts = self._apply_capacity(token, expert, gate, counts)
+            token, gate, sizes = self._apply_capacity(token, expert, gate, sizes)
         xs = x[token]  # (A, d), grouped by expert
         # with autograd on, every expert runs (on an empty slice if it got no token) so that each
         # parameter is in the graph (DDP); without it (inference), empty experts are skipped
         run_all = torch.is_grad_enabled()
         ys = torch.cat([f(chunk) if run_all or chunk.size(0) else chunk
-                        for f, chunk in zip(self.experts, xs.split(counts.tolist()))])
+                        for f, chunk in zip(self.experts, xs.split(sizes))])
         if self.gate_scaling:
             ys = ys * gate.unsqueeze(-1).to(ys.dtype)
         out = x.new_zeros(x.shape).index_add_(0, token, ys.to(x.dtype))
@@ -115,10 +122,10 @@ class MoEFeedForward(nn.Module):
     def capacity(self, assignments: int) -> int:
         return math.ceil(self.capacity_factor * assignments / self.num_experts)
 
-    def _apply_capacity(self, token, expert, gate, counts):
+    def _apply_capacity(self, token, expert, gate, sizes):
         cap = self.capacity(token.numel())
-        start = torch.cumsum(counts, 0) - counts  # first sorted position of each expert
-        pos = torch.arange(token.numel(), device=token.device) - start[expert]
-        keep = pos < cap
-        self.last_dropped = int((~keep).sum())
-        return token[keep], gate[keep], counts.clamp(max=cap)
+        kept = [min(c, cap) for c in sizes]
+        start = torch.tensor([0] + sizes[:-1], device=token.device).cumsum(0)  # first position of each expert
+        keep = torch.arange(token.numel(), device=token.device) - start[expert] < cap
+        self.last_dropped = token.numel() - sum(kept)
+        return token[keep], gate[keep], kept

@@ -48,24 +48,29 @@ class RouterOutput:
 
     @cached_property
     def _stats(self):
+        """Masked means over the non-pad tokens: no boolean indexing, no data-dependent branch,
+        so that reading them never waits for the device (a host sync on CUDA)."""
         n = self.probs.size(-1)
         first, p, lg = self.expert_index[:, 0], self.probs, self.logits
-        if self.padding_mask is not None:
-            keep = ~self.padding_mask.reshape(-1)
-            first, p, lg = first[keep], p[keep], lg[keep]
-        counts = torch.bincount(first, minlength=n)
         with torch.autocast(device_type=lg.device.type, enabled=False):
-            if first.numel() == 0:
-                zero = self.logits.sum() * 0.0
-                return dict(balance_loss=zero, z_loss=zero, expert_counts=counts, entropy=zero.detach(),
-                            non_argmax_frac=zero.detach(), one_kept_frac=zero.detach())
-            frac = counts.float() / first.numel()  # f_e, no gradient
+            if self.padding_mask is None:
+                keep = p.new_ones(p.size(0))
+            else:
+                keep = (~self.padding_mask.reshape(-1)).to(p.dtype)
+            denom = keep.sum().clamp_min(1.0)  # no token: every statistic is 0
+
+            def mean(v):  # (T,) -> mean over the non-pad tokens
+                return (v * keep).sum() / denom
+
+            counts = torch.zeros(n, dtype=torch.long, device=p.device).scatter_add_(0, first, keep.long())
+            frac = counts.to(p.dtype) / denom  # f_e, no gradient
+            p_mean = (p * keep.unsqueeze(-1)).sum(0) / denom  # mean_t P_e, differentiable
             with torch.no_grad():
-                ent = -(p * torch.log(p.clamp_min(1e-30))).sum(-1).mean()
-                non_argmax = (first != lg.argmax(dim=-1)).float().mean()
-                one_kept = ((p > 0).sum(-1) == 1).float().mean()
-            return dict(balance_loss=n * (frac * p.mean(dim=0)).sum(),
-                        z_loss=(torch.logsumexp(lg, dim=-1) ** 2).mean(), expert_counts=counts,
+                ent = mean(-(p * torch.log(p.clamp_min(1e-30))).sum(-1))
+                non_argmax = mean((first != lg.argmax(dim=-1)).to(p.dtype))
+                one_kept = mean(((p > 0).sum(-1) == 1).to(p.dtype))
+            return dict(balance_loss=n * (frac * p_mean).sum(),
+                        z_loss=mean(torch.logsumexp(lg, dim=-1) ** 2), expert_counts=counts,
                         entropy=ent, non_argmax_frac=non_argmax, one_kept_frac=one_kept)
 
 
