@@ -213,9 +213,15 @@ def layer_designs(d, d_ff, n, designs):
 
 
 def step_fn(module, x):
+    """One forward+backward of `module`, the input gradient included (the dispatch's backward
+    scatters it back to the tokens): `step.x` is the leaf input whose .grad it computes."""
+    x = x.detach().requires_grad_()
+
     def step():
         module.zero_grad(set_to_none=True)
+        x.grad = None
         module(x).float().sum().backward()
+    step.x = x
     return step
 
 
@@ -232,8 +238,9 @@ def suite_layer(a, device, dtype):
             mods = {k: m.to(device, dtype).train() for k, m in layer_designs(a.dim, a.ffn_dim, n, designs).items()}
             fns = {k: step_fn(m, x) for k, m in mods.items()}
             sec = compare(fns, device, a.warmup, a.repeats)
-            mem = {k: peak_memory(lambda m=m: m(x).float().sum().backward(), device,
-                                  setup=lambda m=m: m.zero_grad(set_to_none=True)) for k, m in mods.items()}
+            mem = {k: peak_memory(lambda m=m, s=fns[k]: m(s.x).float().sum().backward(), device,
+                                  setup=lambda m=m, s=fns[k]: (m.zero_grad(set_to_none=True), setattr(s.x, "grad", None)))
+                   for k, m in mods.items()}
             row = {"experts": n, "tokens": t, **{f"{k}_ms": round(v * 1e3, 3) for k, v in sec.items()},
                    **{f"{k}_over_dense": round(sec[k] / sec["dense"], 3) for k in designs[1:]},
                    **{f"{k}_peak_mib": round(mem[k] / 2 ** 20, 1) for k in designs},

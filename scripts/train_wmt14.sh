@@ -3,7 +3,7 @@
 #
 #   bash scripts/train_wmt14.sh --router sparsemixer --experts 4 [--arch ARCH] [--data DIR]
 #        [--save-dir DIR] [--seed S] [--max-update N] [--recipe paper|authors|cpu-tiny] [--dense]
-#        [-- extra fairseq-train args]
+#        [--precision fp16|bf16|fp32] [-- extra fairseq-train args]
 #
 # --experts 0 or --dense trains fairseq's own `transformer` arch of the same dims (with the
 # same criterion, which is plain label-smoothed CE for a model without MoE layers).
@@ -11,7 +11,7 @@
 # clipping, no weight decay, inverse-sqrt, label smoothing 0.1, shared embeddings, dropout 0.1,
 # balance weight alpha 0.01, jitter 0.1.
 #   paper     the paper's text: lr 7e-4, 8000 warmup from 1e-7, 8192 tokens x 16 per update
-#             in total (--update-freq = 16 / #GPUs, rounded up), fp16 on GPU,
+#             in total (update-freq ceil(16 / #GPUs), max-tokens 131072 / (#GPUs x update-freq)),
 #             arch switch_transformer_wmt_en_de, max update 100k (set --max-update);
 #             attention/activation dropout 0, router without bias, balance loss token-mean:
 #             effective weight 0.01 on the per-token balance loss.
@@ -26,6 +26,10 @@
 #   cpu-tiny  the quickstart's: switch_transformer_tiny, lr 3e-3, 200 warmup, 2048 tokens
 #             per update, measured to learn on 2 CPU cores in minutes (README); balance loss
 #             token-mean (effective weight 0.01).
+# --precision (default fp16 on GPU, as the authors ran; fp32 on CPU): fp16 = fairseq's
+# FP16Optimizer, one flat fp32 copy of the parameters and dynamic loss scaling; bf16 = bf16
+# weights with per-parameter fp32 master copies, no loss scaling; fp32 = plain Adam.
+# The router always computes in fp32. The start line and command.txt give the tokens per update.
 # Multi-GPU on one machine: all visible GPUs, through fairseq's own distributed training
 # (CUDA_VISIBLE_DEVICES picks them). Multi-node: see docs/multi_node.md (torchrun).
 # Without a GPU it runs on CPU, with a warning. Logs: SAVE_DIR/train.log (json), tensorboard
@@ -35,7 +39,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 die() { echo "train_wmt14.sh: error: $*" >&2; exit 1; }
 ROUTER=sparsemixer EXPERTS=4 ARCH="" DATA="$ROOT/work/wmt14_en_de/bin" SAVE="" SEED=1
-MAXUPD="" RECIPE=paper EXTRA=()
+MAXUPD="" RECIPE=paper PRECISION="" EXTRA=()
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --router) ROUTER="${2:?}"; shift 2 ;;
@@ -47,11 +51,13 @@ while [[ $# -gt 0 ]]; do
         --seed) SEED="${2:?}"; shift 2 ;;
         --max-update) MAXUPD="${2:?}"; shift 2 ;;
         --recipe) RECIPE="${2:?}"; shift 2 ;;
+        --precision) PRECISION="${2:?}"; shift 2 ;;
         --) shift; EXTRA=("$@"); break ;;
-        -h|--help) sed -n '2,38p' "$0"; exit 0 ;;
+        -h|--help) awk 'NR > 1 && !/^#/ {exit} NR > 1' "$0"; exit 0 ;;
         *) die "unknown option $1 (see --help)" ;;
     esac
 done
+[[ -z "$PRECISION" || "$PRECISION" =~ ^(fp16|bf16|fp32)$ ]] || die "--precision must be fp16, bf16 or fp32, got '$PRECISION'"
 [[ "$EXPERTS" =~ ^[0-9]+$ ]] || die "--experts must be a number >= 0, got '$EXPERTS'"
 [[ -d "$DATA" ]] || die "--data $DATA does not exist (run scripts/prepare_wmt14.sh first, or point --data at its bin/)"
 [[ -f "$DATA/dict.en.txt" && -f "$DATA/dict.de.txt" ]] || die "--data $DATA is not a binarized data dir: no dict.en.txt/dict.de.txt (run scripts/prepare_wmt14.sh first)"
@@ -99,11 +105,18 @@ SAVE="${SAVE:-$ROOT/checkpoints/$NAME-$ARCH-s$SEED}"
 
 NGPU=$(python -c 'import torch; print(torch.cuda.device_count())' 2>/dev/null || echo 0)
 if [[ "$NGPU" -gt 0 ]]; then
-    DEV=(--fp16 ${GPU_RECIPE_ARGS[@]+"${GPU_RECIPE_ARGS[@]}"} --distributed-world-size "$NGPU"); UPDATE_FREQ=$(( (TOTAL_BATCH + NGPU - 1) / NGPU ))
+    PRECISION="${PRECISION:-fp16}"; DEV=(--distributed-world-size "$NGPU"); WORLD=$NGPU
 else
     echo "train_wmt14.sh: warning: no GPU found, training on CPU (fine for the sample, far too slow for WMT'14)" >&2
-    DEV=(--cpu); UPDATE_FREQ=$TOTAL_BATCH
+    PRECISION="${PRECISION:-fp32}"; DEV=(--cpu); WORLD=1
+    [[ "$PRECISION" != fp16 ]] || die "--precision fp16 needs a GPU (on CPU use bf16 or fp32)"
 fi
+case "$PRECISION" in
+    fp16) DEV+=(--fp16 ${GPU_RECIPE_ARGS[@]+"${GPU_RECIPE_ARGS[@]}"}) ;;
+    bf16) DEV+=(--bf16) ;;  # the plugin keeps fairseq from reading it as TPU (precision.py)
+esac
+read -r MAXTOK UPDATE_FREQ < <(PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" python -m fairseq_sparsemixer.batching "$TOKENS" "$TOTAL_BATCH" "$WORLD")
+BATCH_NOTE="$((MAXTOK * UPDATE_FREQ * WORLD)) tokens per update at most (max-tokens $MAXTOK x update-freq $UPDATE_FREQ x $WORLD worker(s)), $PRECISION"
 TB=()
 python -c 'import tensorboardX' 2>/dev/null && TB=(--tensorboard-logdir "$SAVE/tb")
 
@@ -113,7 +126,7 @@ CMD=(fairseq-train "$DATA" --user-dir "$ROOT/fairseq_sparsemixer" "${MODEL[@]}"
      --lr "$LR" --lr-scheduler inverse_sqrt --warmup-updates "$WARMUP" --warmup-init-lr 1e-07
      --dropout 0.1 --weight-decay 0.0 --criterion moe_label_smoothed_cross_entropy
      --label-smoothing 0.1 --moe-balance-weight 0.01
-     --max-tokens "$TOKENS" --update-freq "$UPDATE_FREQ" --max-update "$MAXUPD" --seed "$SEED"
+     --max-tokens "$MAXTOK" --update-freq "$UPDATE_FREQ" --max-update "$MAXUPD" --seed "$SEED"
      --save-dir "$SAVE" --log-format json --log-interval "$LOGINT" --log-file "$SAVE/train.log"
      ${RECIPE_ARGS[@]+"${RECIPE_ARGS[@]}"} "${DEV[@]}" ${TB[@]+"${TB[@]}"} ${EXTRA[@]+"${EXTRA[@]}"})
 # parse the flags as fairseq-train will (arch defaults and --moe-* checks included) before
@@ -121,6 +134,6 @@ CMD=(fairseq-train "$DATA" --user-dir "$ROOT/fairseq_sparsemixer" "${MODEL[@]}"
 python -c 'import sys; from fairseq import options; options.parse_args_and_arch(options.get_training_parser(), sys.argv[1:])' \
     "${CMD[@]:1}" || die "fairseq-train rejected the arguments (message above)"
 mkdir -p "$SAVE"
-printf '%q ' "${CMD[@]}" > "$SAVE/command.txt"; echo >> "$SAVE/command.txt"
-echo "train_wmt14.sh: $NAME $ARCH on $DATA -> $SAVE ($NGPU GPU(s), update-freq $UPDATE_FREQ)"
+{ printf '%q ' "${CMD[@]}"; echo; echo "# $BATCH_NOTE"; } > "$SAVE/command.txt"
+echo "train_wmt14.sh: $NAME $ARCH on $DATA -> $SAVE ($NGPU GPU(s); $BATCH_NOTE)"
 exec "${CMD[@]}"

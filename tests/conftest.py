@@ -7,6 +7,10 @@ import pytest
 
 from fairseq_sparsemixer.diagnostics.logs import json_records as json_log  # noqa: F401 (used by tests)
 
+# the suite runs on CPU wherever it runs: train_wmt14.sh would switch to fp16 on a visible GPU
+# (and the bit-exact resume tests would flake); every subprocess inherits this
+os.environ["CUDA_VISIBLE_DEVICES"] = ""
+
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent  # the venv's fairseq-* and sacrebleu
 # a model small enough for a few updates in seconds (dims override the recipe's arch)

@@ -76,3 +76,10 @@ def test_benchmark_all_quick_emits_schema(prepared, tmp_path):
 def test_benchmark_rejects_a_router_list_without_the_baseline():
     p = run(["python", "scripts/benchmark.py", "router", "--routers", "sparsemixer"], check=False)
     assert p.returncode == 2 and "must include switch" in p.stderr.strip().splitlines()[-1]
+
+
+def test_layer_step_times_the_input_gradient():
+    moe = MoEFeedForward(8, 16, 4).train()
+    step = bench.step_fn(moe, torch.randn(20, 8))
+    step()
+    assert step.x.grad is not None and step.x.grad.abs().sum() > 0  # the dispatch's backward ran

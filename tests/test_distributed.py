@@ -10,9 +10,18 @@ import subprocess
 
 import torch
 
-from conftest import BIN, ROOT, SMALL
+from conftest import BIN, ROOT, SMALL, json_log
 
 PLUGIN = ROOT / "tests" / "plugins" / "forced_router"
+
+
+def json_records_of(text):
+    import tempfile
+
+    with tempfile.NamedTemporaryFile("w", suffix=".log") as f:
+        f.write(text)
+        f.flush()
+        return json_log(f.name)
 
 
 def free_port():
@@ -33,7 +42,7 @@ def test_two_process_gloo_with_idle_experts(prepared, tmp_path):
                "--max-update", "4", "--cpu", "--ddp-backend", "legacy_ddp", "--distributed-backend", "gloo",
                "--distributed-world-size", "2", "--distributed-rank", str(rank), "--distributed-no-spawn",
                "--distributed-init-method", f"tcp://127.0.0.1:{port}", "--save-dir", save,
-               "--no-save-optimizer-state", "--disable-validation"]
+               "--no-save-optimizer-state", "--disable-validation", "--log-format", "json"]
         if rank == 1:
             cmd += ["--no-save"]
         procs.append(subprocess.Popen([str(c) for c in cmd], cwd=ROOT, env=env, stdout=subprocess.PIPE,
@@ -41,7 +50,11 @@ def test_two_process_gloo_with_idle_experts(prepared, tmp_path):
     outs = [p.communicate(timeout=600)[0] for p in procs]
     for p, out in zip(procs, outs):
         assert p.returncode == 0, out[-3000:]
-    assert "num_updates 4" in outs[0] or '"num_updates": "4"' in outs[0]
+    assert '"num_updates": "4"' in outs[0]
+    # the per-layer keys are those of a 1-process run: the criterion sees the DDP-wrapped model,
+    # whose module paths start with "module."
+    layers = {k.rsplit("_e", 1)[0] for rec in json_records_of(outs[0]) for k in rec if k.startswith("load_")}
+    assert layers == {"load_enc0", "load_enc2", "load_dec0", "load_dec2"}, layers
     # every forward of both ranks saw the same parameters: the updates were synchronized
     r0 = (tmp_path / "rank0.txt").read_text().splitlines()
     r1 = (tmp_path / "rank1.txt").read_text().splitlines()

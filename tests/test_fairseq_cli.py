@@ -86,6 +86,9 @@ def test_hydra_train_gives_same_model(prepared, tmp_path):
     (["--moe-jitter-eps", "-0.1"], "--moe-jitter-eps -0.1"),
     (["--moe-freq", "0"], "--moe-freq 0"),
     (["--moe-capacity-factor", "-1"], "--moe-capacity-factor -1"),
+    # fairseq's activation checkpointing would silently drop the aux losses' gradient
+    (["--checkpoint-activations"], "--checkpoint-activations/--offload-activations are not supported"),
+    (["--offload-activations"], "--checkpoint-activations/--offload-activations are not supported"),
 ])
 def test_bad_flags_one_line_nothing_written(prepared, tmp_path, flags, needle):
     save = tmp_path / "save"

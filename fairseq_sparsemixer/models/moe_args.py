@@ -51,6 +51,12 @@ def check_moe_args(args):
     if not 1 <= k <= min(n, max_k):
         raise ValueError(f"--moe-top-k {k} is invalid for --moe-router {args.moe_router} with "
                          f"--moe-experts {n}; allowed: 1..{min(n, max_k)}")
+    if getattr(args, "checkpoint_activations", False) or getattr(args, "offload_activations", False):
+        raise ValueError(
+            "--checkpoint-activations/--offload-activations are not supported with MoE layers: fairseq "
+            "recomputes each layer in the backward, so the balance and z-losses read from the first "
+            "(no-grad) forward would carry no gradient; train without them (lower --max-tokens and "
+            "raise --update-freq to fit memory)")
     if args.moe_no_mask and args.moe_router == "switch":
         raise ValueError("--moe-no-mask does not apply to --moe-router switch (it has no mask)")
 
