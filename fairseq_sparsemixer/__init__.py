@@ -19,8 +19,8 @@ try:
 except ImportError:  # plain-PyTorch use of routers/modules
     pass
 else:
-    from . import atomic_copy, criterions, log_once, models, precision  # noqa: F401
+    from . import atomic_copy, criterions, models, precision, progress_log  # noqa: F401
 
     atomic_copy.install()  # checkpoint_last.pt / _best.pt are never left half-written
-    log_once.install()  # --log-file gets each record once, not once per epoch so far
+    progress_log.install()  # --log-file: each record once; console: per-layer least load
     precision.install()  # --bf16 means bf16 on CUDA/CPU, not TPU, without torch_xla

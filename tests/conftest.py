@@ -6,6 +6,12 @@ from pathlib import Path
 import pytest
 
 from fairseq_sparsemixer.diagnostics.logs import json_records as json_log  # noqa: F401 (used by tests)
+from fairseq_sparsemixer.diagnostics.logs import json_records_of_lines
+
+
+def json_out(text):
+    """The json records of a command's console output."""
+    return json_records_of_lines(text.splitlines())
 
 # the suite runs on CPU wherever it runs: train_wmt14.sh would switch to fp16 on a visible GPU
 # (and the bit-exact resume tests would flake); every subprocess inherits this

@@ -202,6 +202,44 @@ def test_speedup_metric_and_tables(tmp_path):
     assert "never reached" in (tmp_path / "out2" / "summary.md").read_text()
 
 
+def test_paired_statistics_are_the_libraries_tests(tmp_path):
+    """Loss differences: scipy's paired t-test; BLEU: sacreBLEU's paired bootstrap, on the
+    translations recorded in eval_test.json."""
+    from sacrebleu.metrics import BLEU
+    from sacrebleu.significance import PairedTest
+    from scipy import stats
+
+    runs = tmp_path / "runs"
+    finals = {"switch": [5.0, 5.2, 5.1], "sparsemixer": [5.1, 5.25, 5.3]}
+    refs = [f"das ist der satz nummer {i} hier ." for i in range(60)]
+    ref = tmp_path / "ref.de"
+    ref.write_text("\n".join(refs) + "\n")
+    for label, values in finals.items():
+        for seed, v in enumerate(values, 1):
+            d = fake_log(runs / f"{label}-s{seed}", {100: v + 1.0, 200: v})
+            # switch copies the reference; sparsemixer drops a word from every third sentence
+            hyps = [r if label == "switch" or i % 3 else r.replace(" hier", "") for i, r in enumerate(refs)]
+            (d / "hyp_test.de").write_text("\n".join(hyps) + "\n")
+            (d / "eval_test.json").write_text(json.dumps({"sacrebleu": 0.0, "tok_bleu_compound_split": 0.0,
+                                                          "hypotheses": str(d / "hyp_test.de"), "reference": str(ref)}))
+    res = compare.summarize(compare.parse_runs([str(p) for p in sorted(runs.iterdir())]), tmp_path / "out")
+    (sg,) = res["significance"]
+    assert (sg["baseline"], sg["candidate"]) == ("switch", "sparsemixer")  # sorted after the names
+    t = stats.ttest_rel(finals[sg["candidate"]], finals[sg["baseline"]])
+    ci = t.confidence_interval(0.95)
+    assert sg["final"]["mean"] == pytest.approx(0.1167, abs=1e-4)
+    assert sg["final"]["ci95"] == pytest.approx([ci.low, ci.high]) and sg["final"]["p_value"] == pytest.approx(t.pvalue)
+    hyp = lambda name: (runs / name / "hyp_test.de").read_text().splitlines()
+    base, cand = f"{sg['baseline']}-s1", f"{sg['candidate']}-s1"
+    _, want = PairedTest([(base, hyp(base)), (cand, hyp(cand))], {"BLEU": BLEU()}, [refs], test_type="bs",
+                         n_samples=1000)()
+    got = sg["bleu"]["1"]
+    assert got["p_value"] == pytest.approx(want["BLEU"][1].p_value)
+    assert got["difference"] == pytest.approx(want["BLEU"][1].score - want["BLEU"][0].score) and got["difference"] != 0
+    md = (tmp_path / "out" / "summary.md").read_text()
+    assert "Paired statistics" in md and f"| {sg['candidate']} − {sg['baseline']} | 3 |" in md
+
+
 def test_compare_errors_are_one_line(tmp_path):
     p = run(["bash", "scripts/compare_routers.sh", "--from-logs", tmp_path / "none"], check=False)
     assert p.returncode != 0 and "does not exist" in p.stderr.strip().splitlines()[-1]
@@ -242,6 +280,16 @@ def test_collapse_monitor_warns_once_per_episode():
     assert len(back) == 1 and "over" in back[0] and "after 5 batches" in back[0]
     assert m.update("enc0", [0, 0, 0]) == []  # no tokens: nothing to say
     assert expert_usage.CollapseMonitor(0.1, patience=0).update("enc0", [1, 0]) == []
+
+
+def test_collapse_advice_is_true_for_each_router():
+    """Switch (no mask): a larger balance weight. SparseMixer with tokens that keep one expert:
+    the balance loss cannot reach those tokens' routers, and the warning says so."""
+    switch = expert_usage.CollapseMonitor(threshold=0.1, patience=1).update("enc0", [50, 5, 45], one_kept=0.0)
+    assert "consider a larger --moe-balance-weight" in switch[0]
+    sm = expert_usage.CollapseMonitor(threshold=0.1, patience=1).update("enc0", [50, 5, 45], one_kept=0.9)
+    assert "90% of this layer's tokens keep a single expert" in sm[0] and "only through the other 10%" in sm[0]
+    assert "consider a larger --moe-balance-weight" not in sm[0]
 
 
 def test_training_logs_the_collapse_warning(prepared, tmp_path):

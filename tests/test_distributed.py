@@ -10,18 +10,9 @@ import subprocess
 
 import torch
 
-from conftest import BIN, ROOT, SMALL, json_log
+from conftest import BIN, ROOT, SMALL, json_out
 
 PLUGIN = ROOT / "tests" / "plugins" / "forced_router"
-
-
-def json_records_of(text):
-    import tempfile
-
-    with tempfile.NamedTemporaryFile("w", suffix=".log") as f:
-        f.write(text)
-        f.flush()
-        return json_log(f.name)
 
 
 def free_port():
@@ -53,7 +44,7 @@ def test_two_process_gloo_with_idle_experts(prepared, tmp_path):
     assert '"num_updates": "4"' in outs[0]
     # the per-layer keys are those of a 1-process run: the criterion sees the DDP-wrapped model,
     # whose module paths start with "module."
-    layers = {k.rsplit("_e", 1)[0] for rec in json_records_of(outs[0]) for k in rec if k.startswith("load_")}
+    layers = {k.rsplit("_e", 1)[0] for rec in json_out(outs[0]) for k in rec if k.startswith("load_")}
     assert layers == {"load_enc0", "load_enc2", "load_dec0", "load_dec2"}, layers
     # every forward of both ranks saw the same parameters: the updates were synchronized
     r0 = (tmp_path / "rank0.txt").read_text().splitlines()

@@ -2,7 +2,7 @@
 per update on any number of GPUs, --log-file written once per record, the suite kept on CPU."""
 import pytest
 
-from conftest import ROOT, SMALL, json_log, run
+from conftest import ROOT, SMALL, json_log, json_out, run
 from fairseq_sparsemixer.batching import split_batch
 
 USER_DIR = str(ROOT / "fairseq_sparsemixer")
@@ -64,3 +64,21 @@ def test_log_file_has_each_record_once(prepared, tmp_path):
 def test_suite_subprocesses_see_no_gpu():
     p = run(["python", "-c", "import torch; print(torch.cuda.device_count())"])
     assert p.stdout.strip() == "0"
+
+
+def test_console_shows_least_loaded_expert_and_file_keeps_every_load(prepared, tmp_path):
+    from fairseq_sparsemixer.progress_log import condense_loads
+
+    assert condense_loads({"loss": "1", "load_enc0_e0": "0.7", "load_enc0_e1": "0.3", "valid_load_dec2_e0": "0.2",
+                           "valid_load_dec2_e1": "0.8", "ppl": "2"}) == {
+        "loss": "1", "load_min_enc0": "0.3", "valid_load_min_dec2": "0.2", "ppl": "2"}
+    save = tmp_path / "console"
+    p = run(["bash", "scripts/train_wmt14.sh", "--recipe", "cpu-tiny", "--data", prepared / "bin", "--save-dir", save,
+             "--max-update", "2", "--", *SMALL, "--no-save"])
+    console = [r for r in json_out(p.stdout) if "num_updates" in r and "loss" in r]
+    logged = [r for r in json_log(save / "train.log") if "num_updates" in r and "loss" in r]
+    assert console and logged and len(console) == len(logged)
+    assert {k for k in console[0] if "load" in k} == {"load_min_enc0", "load_min_enc2", "load_min_dec0", "load_min_dec2"}
+    assert {f"load_{layer}_e{e}" for layer in ("enc0", "enc2", "dec0", "dec2") for e in range(4)} <= set(logged[0])
+    assert float(console[0]["load_min_enc0"]) == min(float(logged[0][f"load_enc0_e{e}"]) for e in range(4))
+

@@ -114,8 +114,8 @@ class MoELabelSmoothedCrossEntropyCriterion(LabelSmoothedCrossEntropyCriterion):
         counts = [[int(c) for c in row[5:]] for row in rows]
         n = [sum(c) for c in counts]  # routed (non-pad) tokens of each layer
         if model.training:
-            for (name, _), layer_counts in zip(routes, counts):
-                self.collapse.update(name, layer_counts)
+            for (name, _), layer_counts, row in zip(routes, counts, rows):
+                self.collapse.update(name, layer_counts, one_kept=row[4])
         log.update({
             "moe_balance": sum(row[0] for row in rows) / len(rows) * sample_size,
             "moe_zloss": sum(row[1] for row in rows) / len(rows) * sample_size,

@@ -10,6 +10,13 @@ itself. Runs with the same label are seeds of one setting.
 Writes DIR/valid_loss.png (mean over seeds, band = min..max), DIR/expert_load_<run>.png,
 DIR/summary.md and DIR/summary.json.
 
+Paired statistics for every two labels (the later minus the earlier in the order dense,
+--baseline, --candidate, then the others as they first appear), over the seeds both have: the final and the best validation <metric> differences,
+with a 95% confidence interval and p-value of the paired t-test (scipy.stats.ttest_1samp of the
+per-seed differences, i.e. ttest_rel; needs 2 seeds or more), and, per seed, sacreBLEU's paired bootstrap resampling test
+(sacrebleu.significance.PairedTest, 1000 resamples, SACREBLEU_SEED 12345) on the test
+translations that scripts/evaluate_wmt14.sh recorded in eval_test.json.
+
 Speed-up metric (the paper's "reaches Switch's quality in up to 2x fewer updates"), per seed
 pair (same seed; every pair when the seeds differ): with b* = the best validation <metric> of
 the baseline run and u_b the first update at which the baseline reaches it, u_c = the first
@@ -17,6 +24,8 @@ validated update at which the candidate is <= b*; speed-up = u_b / u_c. Resoluti
 validation interval; "not reached" when the candidate never gets there.
 """
 import argparse
+import itertools
+import json
 import logging
 import re
 import statistics
@@ -67,10 +76,7 @@ def parse_run(spec: str) -> Run:
         raise ValueError(f"cannot tell the label of {spec}: name it LABEL=PATH or <label>-s<seed>")
     log = read_train_log(path)
     bleu_file = path.parent / "eval_test.json"
-    bleu = None
-    if bleu_file.is_file():
-        import json
-        bleu = json.loads(bleu_file.read_text())
+    bleu = json.loads(bleu_file.read_text()) if bleu_file.is_file() else None
     return Run(label, seed, path, log, bleu)
 
 
@@ -131,6 +137,64 @@ def speedups(baseline: List[Run], candidate: List[Run], metric: str) -> List[dic
         out.append(dict(baseline=b.name, candidate=c.name, baseline_best=best, baseline_updates=u_b,
                         candidate_updates=u_c, speedup=(u_b / u_c) if u_c else None,
                         final_difference=float(cv[-1] - bv[-1])))
+    return out
+
+
+def one_kept(run: Run, last: int = 4) -> Optional[float]:
+    """Mean training moe_one_kept of the last `last` logged records (None if not logged)."""
+    vals = [r["moe_one_kept"] for r in run.log.inner if "moe_one_kept" in r][-last:]
+    return statistics.fmean(vals) if vals else None
+
+
+def _read_lines(path):
+    with open(path, encoding="utf-8") as f:
+        return [line.rstrip("\n") for line in f]
+
+
+def paired_bleu(base: Run, cand: Run, n_samples: int = 1000) -> Optional[dict]:
+    """sacreBLEU's paired bootstrap resampling of two runs' test translations (same references)."""
+    if not (base.bleu and cand.bleu and "hypotheses" in base.bleu and "hypotheses" in cand.bleu):
+        return None
+    if base.bleu.get("reference") != cand.bleu.get("reference"):
+        raise ValueError(f"{base.name} and {cand.name} were evaluated against different references")
+    from sacrebleu.metrics import BLEU
+    from sacrebleu.significance import PairedTest
+
+    refs = _read_lines(base.bleu["reference"])
+    systems = [(base.name, _read_lines(base.bleu["hypotheses"])), (cand.name, _read_lines(cand.bleu["hypotheses"]))]
+    sigs, scores = PairedTest(systems, {"BLEU": BLEU()}, [refs], test_type="bs", n_samples=n_samples)()
+    b, c = scores["BLEU"]
+    return dict(baseline=b.score, candidate=c.score, difference=c.score - b.score, p_value=c.p_value,
+                signature=str(sigs["BLEU"]))
+
+
+def paired_t(diffs: List[float]) -> dict:
+    """Mean of paired differences with the 95% confidence interval and p-value of the paired
+    t-test (scipy), or the mean alone for a single pair."""
+    out = dict(mean=statistics.fmean(diffs), n=len(diffs), ci95=None, p_value=None)
+    if len(diffs) > 1:
+        from scipy import stats
+
+        t = stats.ttest_1samp(diffs, 0.0)
+        ci = t.confidence_interval(0.95)
+        out.update(ci95=[float(ci.low), float(ci.high)], p_value=float(t.pvalue))
+    return out
+
+
+def significance(groups: Dict[str, List[Run]], metric: str, baseline="switch", candidate="sparsemixer") -> List[dict]:
+    """Paired statistics for every two labels over their common seeds (module docstring)."""
+    out = []
+    order = sorted(groups, key=lambda x: (x != "dense", x != baseline, x != candidate))  # stable
+    for a, b in itertools.combinations(order, 2):
+        runs_a, runs_b = ({r.seed: r for r in groups[x]} for x in (a, b))
+        seeds = sorted(set(runs_a) & set(runs_b), key=lambda s: (len(s), s))
+        if not seeds:
+            continue
+        final = [float(runs_b[s].curve(metric)[1][-1] - runs_a[s].curve(metric)[1][-1]) for s in seeds]
+        best = [float(runs_b[s].curve(metric)[1].min() - runs_a[s].curve(metric)[1].min()) for s in seeds]
+        bleu = {s: paired_bleu(runs_a[s], runs_b[s]) for s in seeds}
+        out.append(dict(baseline=a, candidate=b, seeds=seeds, final=dict(paired_t(final), diffs=final),
+                        best=dict(paired_t(best), diffs=best), bleu={s: v for s, v in bleu.items() if v}))
     return out
 
 
@@ -195,10 +259,13 @@ def summarize(runs: List[Run], out: Path, baseline="switch", candidate="sparsemi
                    bleu=mean_sd([r.bleu["sacrebleu"] if r.bleu else None for r in rs]),
                    tok_bleu=mean_sd([r.bleu["tok_bleu_compound_split"] if r.bleu else None for r in rs]),
                    bleus=[r.bleu["sacrebleu"] if r.bleu else None for r in rs],
-                   collapsed_runs=sum(bool(r.collapse) for r in rs))
+                   one_kept=mean_sd([one_kept(r) for r in rs]),
+                   collapsed_runs=sum(bool(r.collapse) for r in rs),
+                   collapsed_experts=sum(len({(c["layer"], c["expert"]) for c in r.collapse}) for r in rs))
         table.append(row)
     result = dict(metric=metric, baseline=baseline, candidate=candidate, table=table,
-                  runs={r.name: dict(path=str(r.path), collapse=r.collapse) for r in runs})
+                  runs={r.name: dict(path=str(r.path), collapse=r.collapse) for r in runs},
+                  significance=significance(groups, metric, baseline, candidate))
     if baseline in groups and candidate in groups:
         sp = speedups(groups[baseline], groups[candidate], metric)
         result["speedup_pairs"] = sp
@@ -212,15 +279,29 @@ def summarize(runs: List[Run], out: Path, baseline="switch", candidate="sparsemi
 
 def markdown(res) -> str:
     m = res["metric"]
-    lines = [f"| run | seeds | updates | final valid {m} | best valid {m} | sacreBLEU | tok. BLEU | collapsed runs |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [f"| run | seeds | updates | final valid {m} | best valid {m} | sacreBLEU | tok. BLEU | moe_one_kept "
+             "| collapsed runs (experts) |", "|---|---|---|---|---|---|---|---|---|"]
     for r in res["table"]:
         lo, hi = min(r["final_updates"]), max(r["final_updates"])
         lines.append(f"| {r['label']} | {len(r['seeds'])} | {hi if lo == hi else f'{lo}–{hi}'} | {fmt(*r['final'])} | "
                      f"{fmt(*r['best'])} | {fmt(*r['bleu'], digits=2)} | {fmt(*r['tok_bleu'], digits=2)} | "
-                     f"{r['collapsed_runs']} |")
+                     f"{fmt(*r.get('one_kept', (None, None)))} | {r['collapsed_runs']} ({r.get('collapsed_experts', 0)}) |")
     lines.append("")
-    lines.append(f"Validation {m} in base 2 (fairseq's), mean ± sample s.d. over seeds.")
+    lines.append(f"Validation {m} in base 2 (fairseq's), mean ± sample s.d. over seeds; moe_one_kept: training "
+                 "fraction of tokens whose mask keeps one expert, last 4 log records.")
+    if res.get("significance"):
+        lines += ["", "Paired statistics (candidate − baseline, same seed). Loss: mean difference, 95% CI and "
+                  "p of the paired t-test (scipy), per-seed differences in brackets. BLEU: sacreBLEU's paired "
+                  "bootstrap (1000 resamples) per seed, difference (p).", "",
+                  f"| candidate − baseline | seeds | final valid {m} | best valid {m} | sacreBLEU, per seed |",
+                  "|---|---|---|---|---|"]
+        for sg in res["significance"]:
+            def loss(d):
+                ci = f" [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}], p = {d['p_value']:.3f}" if d["ci95"] else ""
+                return f"{d['mean']:+.3f}{ci} ({', '.join(f'{x:+.3f}' for x in d['diffs'])})"
+            bleu = "; ".join(f"s{s}: {v['difference']:+.2f} (p = {v['p_value']:.3f})" for s, v in sg["bleu"].items())
+            lines.append(f"| {sg['candidate']} − {sg['baseline']} | {len(sg['seeds'])} | {loss(sg['final'])} | "
+                         f"{loss(sg['best'])} | {bleu or 'n/a'} |")
     if "speedup_pairs" in res:
         b, c = res["baseline"], res["candidate"]
         lines += ["", f"Updates for {c} to reach {b}'s best validation {m} (per seed pair):", "",

@@ -11,7 +11,7 @@ import argparse
 import logging
 import re
 from collections import defaultdict
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -105,7 +105,19 @@ class CollapseMonitor:
         self.log = log
         self.low = defaultdict(int)  # (layer, expert) -> consecutive low batches
 
-    def update(self, layer: str, counts: Sequence[int]) -> List[str]:
+    @staticmethod
+    def advice(one_kept: Optional[float]) -> str:
+        """What can revive the expert. The balance loss N·Σ f_e·P̄_e reaches a token's router
+        only through ∂P/∂θ, which is 0 where a SparseMixer mask keeps a single expert."""
+        if not one_kept:
+            return "consider a larger --moe-balance-weight"
+        return (f"{one_kept:.0%} of this layer's tokens keep a single expert in the SparseMixer mask and give "
+                f"its router no gradient, from the balance loss neither, so a larger --moe-balance-weight acts "
+                f"only through the other {1 - one_kept:.0%}; a larger --moe-jitter-eps (a wider mask) gives "
+                f"it more tokens")
+
+    def update(self, layer: str, counts: Sequence[int], one_kept: Optional[float] = None) -> List[str]:
+        """`one_kept`: the batch's fraction of this layer's tokens whose mask keeps one expert."""
         total = sum(counts)
         if self.patience <= 0 or total == 0:
             return []
@@ -117,7 +129,7 @@ class CollapseMonitor:
                 if self.low[key] == self.patience:
                     msgs.append(f"expert collapse: MoE layer {layer} expert {e} has received < "
                                 f"{self.threshold:.0%} of the tokens for {self.patience} consecutive batches "
-                                f"(now {frac:.2%}); consider a larger --moe-balance-weight")
+                                f"(now {frac:.2%}); {self.advice(one_kept)}")
             else:
                 if self.low[key] >= self.patience:
                     msgs.append(f"expert collapse over: MoE layer {layer} expert {e} receives "

@@ -24,15 +24,20 @@ def _number(v):
 
 def json_records(path) -> List[dict]:
     """Every json object that ends a line of `path` (fairseq's log file or its console output)."""
-    recs = []
     with open(path, encoding="utf-8", errors="replace") as f:
-        for line in f:
-            m = _JSON.search(line)
-            if m:
-                try:
-                    recs.append(json.loads(m.group(1)))
-                except json.JSONDecodeError:
-                    pass
+        return json_records_of_lines(f)
+
+
+def json_records_of_lines(lines) -> List[dict]:
+    """Every json object that ends one of `lines` (an iterable of strings)."""
+    recs = []
+    for line in lines:
+        m = _JSON.search(line)
+        if m:
+            try:
+                recs.append(json.loads(m.group(1)))
+            except json.JSONDecodeError:
+                pass
     return recs
 
 
