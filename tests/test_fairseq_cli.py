@@ -195,3 +195,45 @@ def test_tiny_model_under_low_precision_autocast_keeps_router_fp32(prepared):
     loss.backward()
     assert torch.isfinite(loss)
     assert all(torch.isfinite(m.router.proj.weight.grad).all() for m in moe_layers(model))
+
+
+# the authors' run script (microsoft/SparseMixer example/run_moe.sh) as fairseq flags -> hydra keys
+AUTHORS = {"--attention-dropout": ("model.attention_dropout", 0.1),
+           "--activation-dropout": ("model.activation_dropout", 0.1), "--dropout": ("model.dropout", 0.1),
+           "--moe-router-bias": ("model.moe_router_bias", True), "--moe-jitter-eps": ("model.moe_jitter_eps", 0.1),
+           "--moe-balance-reduction": ("criterion.moe_balance_reduction", "batch-sum"),
+           "--moe-balance-weight": ("criterion.moe_balance_weight", 0.01),
+           "--label-smoothing": ("criterion.label_smoothing", 0.1), "--lr": ("optimization.lr", [0.0007]),
+           "--warmup-updates": ("lr_scheduler.warmup_updates", 8000),
+           "--warmup-init-lr": ("lr_scheduler.warmup_init_lr", 1e-07), "--clip-norm": ("optimization.clip_norm", 0.0),
+           "--ddp-backend": ("distributed_training.ddp_backend", "legacy_ddp"),
+           "--skip-invalid-size-inputs-valid-test": ("dataset.skip_invalid_size_inputs_valid_test", True),
+           "--save-interval": ("checkpoint.save_interval", 10), "--num-workers": ("dataset.num_workers", 8),
+           "--best-checkpoint-metric": ("checkpoint.best_checkpoint_metric", "loss"),
+           "--log-interval": ("common.log_interval", 100)}
+
+
+def test_authors_recipe_script_and_hydra_config_agree(prepared, tmp_path):
+    """--recipe authors sets every flag of the authors' run script (checked through a real
+    1-update run on the tiny dims: the router has its bias, the criterion sums the balance loss)
+    and configs/wmt14_authors.yaml sets the same values."""
+    from omegaconf import OmegaConf
+
+    save = tmp_path / "authors"
+    run(["bash", "scripts/train_wmt14.sh", "--recipe", "authors", "--data", prepared / "bin", "--save-dir", save,
+         "--arch", "switch_transformer_tiny", "--max-update", "1", "--", "--max-tokens", "512", "--update-freq", "1"])
+    cmd = (save / "command.txt").read_text().split()
+    ck = torch.load(save / "checkpoint_last.pt", weights_only=False)
+    assert any(k.endswith("router.proj.bias") for k in ck["model"])
+    assert ck["cfg"]["criterion"]["moe_balance_reduction"] == "batch-sum"
+    assert "--max-update" in cmd and cmd[cmd.index("--max-update") + 1] == "1"
+    cfg = OmegaConf.merge(OmegaConf.load(ROOT / "configs" / "wmt14_common.yaml"),
+                          OmegaConf.load(ROOT / "configs" / "wmt14_authors.yaml"))
+    for flag, (key, value) in AUTHORS.items():
+        assert flag in cmd, flag
+        if not isinstance(value, bool):
+            want, got = value[0] if isinstance(value, list) else value, cmd[cmd.index(flag) + 1]
+            assert type(want)(got) == want, flag
+        assert OmegaConf.select(cfg, key) == value, key
+    assert OmegaConf.select(cfg, "optimization.max_update") == 400000 and cfg.common.fp16
+    assert (cfg.common.fp16_init_scale, cfg.common.fp16_scale_window) == (4, 256)

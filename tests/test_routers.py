@@ -296,3 +296,36 @@ def test_one_kept_frac_counts_tokens_without_router_gradient():
     assert logits.grad[1].abs().max() == 0 and logits.grad[0].abs().max() > 0
     sw = build_router("switch", embed_dim=4, num_experts=4).eval().route(logits.detach(), pad)
     assert sw.one_kept_frac.item() == 0.0  # full softmax: never one-hot at these logits
+
+
+@pytest.mark.parametrize("name", list(ROUTERS))
+def test_router_bias_is_the_authors_linear(name):
+    """bias=True: θ = W x + b with nn.Linear(d, N)'s own initialization (the authors' router),
+    computed in float32 whatever the input dtype; the default router has no bias."""
+    assert build_router(name, embed_dim=6, num_experts=3).proj.bias is None
+    torch.manual_seed(0)
+    router = build_router(name, embed_dim=6, num_experts=3, bias=True).train()
+    torch.manual_seed(0)
+    ref = torch.nn.Linear(6, 3)
+    torch.testing.assert_close(router.proj.weight, ref.weight)
+    torch.testing.assert_close(router.proj.bias, ref.bias)
+    x = torch.randn(20, 6)
+    torch.testing.assert_close(router(x).logits, ref(x))
+    out = router(x.to(torch.bfloat16))
+    assert out.logits.dtype == out.gate.dtype == torch.float32
+    torch.testing.assert_close(out.logits, ref(x.to(torch.bfloat16).float()))
+    (out.gate.sum() + out.balance_loss).backward()
+    assert router.proj.bias.grad is not None and torch.isfinite(router.proj.bias.grad).all()
+
+
+def test_router_bias_changes_what_the_mask_keeps():
+    """The relative mask (θ* − θ_j) > 2r·max(|θ_j|, θ*) is not shift-invariant: a bias that
+    moves every logit by the same amount changes how many experts are kept."""
+    router = build_router("sparsemixer", embed_dim=2, num_experts=3, jitter_eps=0.1, bias=True).eval()
+    with torch.no_grad():
+        router.proj.weight.copy_(torch.tensor([[1.0, 0.0], [0.9, 0.0], [0.0, 0.0]]))
+        router.proj.bias.zero_()
+        x = torch.tensor([[1.0, 0.0]])  # θ = (1, 0.9, 0): 0.1 <= 0.2·1 keeps expert 1; expert 2 dropped
+        assert int((router(x).probs > 0).sum()) == 2
+        router.proj.bias.fill_(10.0)  # θ = (11, 10.9, 10): all within 2r·11 = 2.2
+        assert int((router(x).probs > 0).sum()) == 3
