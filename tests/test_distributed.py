@@ -10,7 +10,7 @@ import subprocess
 
 import torch
 
-from conftest import BIN, ROOT, SMALL, json_out
+from conftest import BIN, ROOT, SMALL, json_log
 
 PLUGIN = ROOT / "tests" / "plugins" / "forced_router"
 
@@ -33,7 +33,8 @@ def test_two_process_gloo_with_idle_experts(prepared, tmp_path):
                "--max-update", "4", "--cpu", "--ddp-backend", "legacy_ddp", "--distributed-backend", "gloo",
                "--distributed-world-size", "2", "--distributed-rank", str(rank), "--distributed-no-spawn",
                "--distributed-init-method", f"tcp://127.0.0.1:{port}", "--save-dir", save,
-               "--no-save-optimizer-state", "--disable-validation", "--log-format", "json"]
+               "--no-save-optimizer-state", "--disable-validation", "--log-format", "json",
+               "--log-file", tmp_path / f"rank{rank}.log"]
         if rank == 1:
             cmd += ["--no-save"]
         procs.append(subprocess.Popen([str(c) for c in cmd], cwd=ROOT, env=env, stdout=subprocess.PIPE,
@@ -44,7 +45,7 @@ def test_two_process_gloo_with_idle_experts(prepared, tmp_path):
     assert '"num_updates": "4"' in outs[0]
     # the per-layer keys are those of a 1-process run: the criterion sees the DDP-wrapped model,
     # whose module paths start with "module."
-    layers = {k.rsplit("_e", 1)[0] for rec in json_out(outs[0]) for k in rec if k.startswith("load_")}
+    layers = {k.rsplit("_e", 1)[0] for rec in json_log(tmp_path / "rank0.log") for k in rec if k.startswith("load_")}
     assert layers == {"load_enc0", "load_enc2", "load_dec0", "load_dec2"}, layers
     # every forward of both ranks saw the same parameters: the updates were synchronized
     r0 = (tmp_path / "rank0.txt").read_text().splitlines()

@@ -1,0 +1,164 @@
+"""Host-device synchronizations of a training micro-step: counted on CUDA by
+torch.cuda.set_sync_debug_mode, and on CPU by the operations that would synchronize on CUDA.
+
+    python -m fairseq_sparsemixer.diagnostics.host_syncs --data BIN [--arch base|tiny] [--experts 4]
+        [--device cuda|cpu] [--json OUT]
+
+One micro-step (forward, the criterion, backward) of the Switch-Transformer and of fairseq's
+dense Transformer of the same dims on the same batch; prints both counts and their difference,
+which should be one per MoE layer (the split sizes) plus one (the criterion's statistics).
+
+On CPU (`HostSyncs`): a value read back (`.item()`, `.tolist()`, `bool(t)`), an output whose
+size depends on the data (nonzero, masked_select, boolean-mask indexing and its backward,
+bincount, unique, repeat_interleave without output_size). A CPU run makes the same calls as a
+CUDA run, so the tests bound a GPU step's stalls without a GPU.
+"""
+import argparse
+import json
+import warnings
+from collections import Counter
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+_ALWAYS = {"nonzero", "masked_select", "_local_scalar_dense", "bincount", "unique_dim", "_unique",
+           "_unique2", "unique_consecutive", "masked_scatter", "masked_scatter_"}
+_BOOL_INDEX = {"index", "index_put", "index_put_", "_index_put_impl_", "_unsafe_index"}
+
+
+def _is_bool(t):
+    return isinstance(t, torch.Tensor) and t.dtype in (torch.bool, torch.uint8)
+
+
+class HostSyncs(TorchDispatchMode):
+    """with HostSyncs() as s: ... ; s.count, s.ops (a Counter of op names)."""
+
+    def __enter__(self):
+        self.ops = Counter()
+        self._tolist = torch.Tensor.tolist
+        ops = self.ops
+
+        def tolist(t):
+            ops["tolist"] += 1
+            return self._tolist(t)
+
+        torch.Tensor.tolist = tolist
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        torch.Tensor.tolist = self._tolist
+        return super().__exit__(*exc)
+
+    @property
+    def count(self):
+        return sum(self.ops.values())
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = func.overloadpacket.__name__
+        if name in _ALWAYS:
+            self.ops[name] += 1
+        elif name in _BOOL_INDEX and len(args) > 1 and any(_is_bool(i) for i in (args[1] or [])):
+            self.ops[name + "[bool]"] += 1
+        elif name == "repeat_interleave" and func._overloadname == "Tensor" and kwargs.get("output_size") is None \
+                and (len(args) < 3 or args[-1] is None):
+            self.ops["repeat_interleave"] += 1
+        return func(*args, **kwargs)
+
+
+def count_cuda(fn) -> int:
+    """Synchronizing CUDA calls of fn(), as torch.cuda.set_sync_debug_mode("warn") reports them."""
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            fn()
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+    return sum("synchroniz" in str(w.message) for w in caught)
+
+
+ARCHS = {  # name -> (MoE arch, the dense arguments of the same dims)
+    "base": ("switch_transformer_wmt_en_de", ["--arch", "transformer_wmt_en_de"]),
+    "tiny": ("switch_transformer_tiny", [
+        "--arch", "transformer", "--encoder-embed-dim", "128", "--decoder-embed-dim", "128",
+        "--encoder-ffn-embed-dim", "512", "--decoder-ffn-embed-dim", "512", "--encoder-layers", "3",
+        "--decoder-layers", "3", "--encoder-attention-heads", "4", "--decoder-attention-heads", "4",
+        "--encoder-normalize-before", "--decoder-normalize-before"]),
+}
+
+
+def build(data, arch_args, device, user_dir):
+    """(task, model, criterion, one valid batch) for fairseq training arguments."""
+    from fairseq import options, tasks, utils
+
+    args = options.parse_args_and_arch(options.get_training_parser(), [
+        str(data), "--user-dir", str(user_dir), "--share-all-embeddings", "--criterion",
+        "moe_label_smoothed_cross_entropy", "--label-smoothing", "0.1", "--max-tokens", "4096", *arch_args])
+    task = tasks.setup_task(args)
+    torch.manual_seed(0)
+    model = task.build_model(args).to(device).train()
+    crit = task.build_criterion(args).to(device)
+    task.load_dataset("valid")
+    ds = task.dataset("valid")
+    batch = utils.move_to_cuda(ds.collater([ds[i] for i in range(32)])) if device.type == "cuda" else \
+        ds.collater([ds[i] for i in range(32)])
+    return model, crit, batch
+
+
+def micro_step(model, crit, batch):
+    def step():
+        model.zero_grad(set_to_none=True)
+        with torch.autocast(next(model.parameters()).device.type, dtype=torch.bfloat16,
+                            enabled=next(model.parameters()).is_cuda):
+            loss, _, _ = crit(model, batch)
+        loss.backward()
+    return step
+
+
+def count(step, device) -> dict:
+    step()  # warm-up: first-call work (allocations, lazy init) is not counted
+    if device.type == "cuda":
+        return dict(syncs=count_cuda(step))
+    with HostSyncs() as s:
+        step()
+    return dict(syncs=s.count, ops=dict(s.ops))
+
+
+def main(argv=None):
+    from pathlib import Path
+
+    p = argparse.ArgumentParser(prog="python -m fairseq_sparsemixer.diagnostics.host_syncs",
+                                description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", required=True, help="a binarized data dir (prepare_wmt14.sh's bin/)")
+    p.add_argument("--arch", choices=list(ARCHS), default="base")
+    p.add_argument("--experts", type=int, default=4)
+    p.add_argument("--router", default="sparsemixer")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--json")
+    a = p.parse_args(argv)
+    device = torch.device(a.device)
+    user_dir = Path(__file__).resolve().parents[1]
+    moe_arch, dense_args = ARCHS[a.arch]
+    res = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+           "torch": torch.__version__, "cuda": torch.version.cuda, "arch": a.arch, "experts": a.experts}
+    for name, args in (("moe", ["--arch", moe_arch, "--moe-experts", str(a.experts), "--moe-router", a.router]),
+                       ("dense", dense_args)):
+        model, crit, batch = build(a.data, args, device, user_dir)
+        res[name] = count(micro_step(model, crit, batch), device)
+        if name == "moe":
+            res["moe_layers"] = sum(1 for m in model.modules() if hasattr(m, "router"))
+        del model, crit, batch
+    res["difference"] = res["moe"]["syncs"] - res["dense"]["syncs"]
+    res["target"] = res["moe_layers"] + 1
+    print(f"host syncs of one micro-step ({a.arch}, {a.experts} experts, {res['device']}): MoE {res['moe']['syncs']}, "
+          f"dense {res['dense']['syncs']}, difference {res['difference']} (target: {res['moe_layers']} MoE layers + 1 "
+          f"= {res['target']})")
+    if a.json:
+        Path(a.json).write_text(json.dumps(res, indent=2))
+    return res
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,22 @@
+"""scripts/gpu_check.sh --smoke: every step of the GPU check, run on CPU (small dims, fp32 and
+bf16, two gloo ranks, the CPU sync counter, the layer benchmark --quick)."""
+from conftest import run
+
+
+def test_gpu_check_smoke_runs_every_step(prepared, tmp_path):
+    out = tmp_path / "gc"
+    p = run(["bash", "scripts/gpu_check.sh", "--smoke", "--updates", "2", "--prep-dir", prepared, "--out", out],
+            check=False)
+    summary = (out / "summary.md").read_text()
+    assert p.returncode == 0, summary + p.stdout[-2000:]
+    steps = [line.split("|")[1:3] for line in summary.splitlines()[2:]]
+    assert [s.strip() for s, _ in steps] == ["versions", "prepare", "fp16", "bf16", "generate", "ranks", "syncs", "layer"]
+    assert all(status.strip() == "ok" for _, status in steps), summary
+    assert "(= 1 process)" in summary and "difference 5 (target: 4 MoE layers + 1 = 5)" in summary
+    assert " --bf16 " in (out / "bf16" / "command.txt").read_text()
+
+
+def test_gpu_check_rejects_bad_options(tmp_path):
+    p = run(["bash", "scripts/gpu_check.sh", "--updates", "0", "--out", tmp_path / "x"], check=False)
+    assert p.returncode == 2 and "--updates must be >= 1" in p.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "x").exists()
