@@ -155,3 +155,20 @@ def test_bad_layer_options():
         MoEFeedForward(8, 16, 4, capacity_factor=-1)
     with pytest.raises(ValueError, match="top_k"):
         MoEFeedForward(8, 16, 4, top_k=2)
+
+
+def test_training_step_syncs_once():
+    """Forward with pads, the statistics a criterion reads, backward: one host sync (the split
+    sizes), where boolean-mask indexing, bincount and per-statistic reads used to make 12."""
+    from fairseq_sparsemixer.diagnostics.host_syncs import HostSyncs
+
+    torch.manual_seed(0)
+    m = MoEFeedForward(8, 16, 4).train()
+    x = torch.randn(30, 8, requires_grad=True)
+    pad = torch.rand(30) < 0.3
+    with HostSyncs() as s:
+        y = m(x, pad)
+        r = m.last
+        _ = (r.expert_counts, r.entropy, r.non_argmax_frac, r.one_kept_frac)
+        (y.sum() + r.balance_loss + r.z_loss).backward()
+    assert s.count == 1 and s.ops == {"tolist": 1}, s.ops
