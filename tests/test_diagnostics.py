@@ -316,4 +316,4 @@ def test_compare_routers_end_to_end_tiny(prepared, tmp_path):
     assert not (out / "expert_load_dense-s1.png").exists()
     assert p.stdout.count("compare_routers.sh: training") == 3
     again = run(args)
-    assert "training" not in again.stdout and (out / "summary.md").is_file()
+    assert "compare_routers.sh: training" not in again.stdout and (out / "summary.md").is_file()
