@@ -86,6 +86,9 @@ def test_hydra_train_gives_same_model(prepared, tmp_path):
     (["--moe-jitter-eps", "-0.1"], "--moe-jitter-eps -0.1"),
     (["--moe-freq", "0"], "--moe-freq 0"),
     (["--moe-capacity-factor", "-1"], "--moe-capacity-factor -1"),
+    (["--moe-min-kept", "5"], "--moe-min-kept 5 is invalid; allowed: 1..4"),
+    (["--moe-balance-probs", "dense"], "--moe-balance-probs 'dense' is invalid"),
+    (["--moe-router", "switch", "--moe-min-kept", "2"], "do not apply to --moe-router switch"),
     # fairseq's activation checkpointing would silently drop the aux losses' gradient
     (["--checkpoint-activations"], "--checkpoint-activations/--offload-activations are not supported"),
     (["--offload-activations"], "--checkpoint-activations/--offload-activations are not supported"),

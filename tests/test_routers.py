@@ -35,11 +35,13 @@ def dphi(g, a, b):  # φ(g) = ½ (g·a − b)², φ'(g) = a (g·a − b)
     return a * (g * a - b)
 
 
-def expected_grad(name, theta, a, b, r=0.1, mask=True):
+def expected_grad(name, theta, a, b, r=0.1, mask=True, min_kept=1):
     """E over D ~ π and the scale of the router's gradient wrt θ, by enumeration:
     Σ_D π_D Σ_s P(s|D) c φ_D'(s π_D) π_D (e_D − π)."""
     c = 1.0 if name == "sparsemixer-v2" else 2.0
     drop = ref_drop(theta, r) if mask else torch.zeros_like(theta, dtype=torch.bool)
+    for j in theta.argsort(descending=True)[:min_kept]:  # the K best are always kept
+        drop[j] = False
     pi = theta.masked_fill(drop, float("-inf")).softmax(-1).double()
     n = theta.numel()
     g = torch.zeros(n, dtype=torch.float64)
@@ -329,3 +331,53 @@ def test_router_bias_changes_what_the_mask_keeps():
         assert int((router(x).probs > 0).sum()) == 2
         router.proj.bias.fill_(10.0)  # θ = (11, 10.9, 10): all within 2r·11 = 2.2
         assert int((router(x).probs > 0).sum()) == 3
+
+
+def test_min_kept_keeps_the_k_best_hand_worked():
+    # θ = (1, −1, 0, 0.5): the paper's rule keeps expert 0 alone; K = 2 adds the runner-up 3
+    logits = torch.tensor([[1.0, -1.0, 0.0, 0.5]])
+    assert relative_mask(logits, 0.1).tolist() == [[False, True, True, True]]
+    assert relative_mask(logits, 0.1, min_kept=2).tolist() == [[False, True, True, False]]
+    assert relative_mask(logits, 0.1, min_kept=4).tolist() == [[False] * 4]
+    router = build_router("sparsemixer", embed_dim=4, num_experts=4, min_kept=2).eval()
+    out = router.route(logits)
+    want = torch.tensor([[1.0, float("-inf"), float("-inf"), 0.5]]).softmax(-1)
+    torch.testing.assert_close(out.probs, want)
+    assert out.one_kept_frac.item() == 0.0
+    assert build_router("sparsemixer", embed_dim=4, num_experts=4).eval().route(logits).one_kept_frac.item() == 1.0
+
+
+@pytest.mark.parametrize("name", ["sparsemixer", "sparsemixer-1st"])
+def test_min_kept_expected_gradient_matches_formula(name):
+    """θ whose mask keeps one expert: with K = 2 the router gets the estimator's gradient on
+    the two best experts (it got none), as the formula with the K-best mask says."""
+    torch.manual_seed(0)
+    theta = torch.tensor([1.0, 0.5, 0.3, -0.5, 0.0])
+    a = torch.tensor([1.5, -1.0, 2.0, 0.7, 0.3])
+    assert expected_grad(name, theta, a, 0.4).abs().max() == 0  # the paper's mask: no gradient
+    router = build_router(name, embed_dim=4, num_experts=5, jitter_eps=0.1, min_kept=2).train()
+    grads, _ = mc_grad(router, theta, a, 0.4)
+    want = expected_grad(name, theta, a, 0.4, min_kept=2)
+    mean, se = grads.mean(0), grads.std(0) / math.sqrt(grads.size(0))
+    assert torch.all((mean - want).abs() <= 5 * se + 1e-7), (mean, want, se)
+    assert torch.all(grads[:, 2:] == 0) and want.abs().max() > 0.01
+
+
+def test_balance_probs_full_is_the_unmasked_softmax():
+    """balance = N Σ_e f_e mean_t softmax(θ)_e: a token whose mask keeps one expert now gets
+    the balance loss's gradient; routing and the other statistics are unchanged."""
+    logits = torch.tensor([[1.0, -1.0, 0.0, 0.5], [2.0, 1.7, 1.5, -1.0]], requires_grad=True)
+    masked = build_router("sparsemixer", embed_dim=4, num_experts=4).eval().route(logits)
+    full = build_router("sparsemixer", embed_dim=4, num_experts=4, balance_probs="full").eval().route(logits)
+    assert torch.equal(full.probs, masked.probs) and torch.equal(full.expert_index, masked.expert_index)
+    f = torch.tensor([1.0, 0.0, 0.0, 0.0])  # both tokens go to expert 0
+    torch.testing.assert_close(full.balance_loss, 4 * (f * logits.softmax(-1).mean(0)).sum())
+    (g_masked,) = torch.autograd.grad(masked.balance_loss, logits)
+    (g_full,) = torch.autograd.grad(full.balance_loss, logits)
+    assert g_masked[0].abs().max() == 0 and g_full[0].abs().max() > 0
+
+
+@pytest.mark.parametrize("kwargs", [dict(min_kept=0), dict(min_kept=5), dict(balance_probs="dense")])
+def test_bad_remedy_options(kwargs):
+    with pytest.raises(ValueError):
+        build_router("sparsemixer", embed_dim=4, num_experts=4, **kwargs)

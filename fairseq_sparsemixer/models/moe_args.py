@@ -13,6 +13,10 @@ MOE_ARGS = {
     "moe_no_gate_scaling": (False, bool, "y = f_D(x): no gate in the output (ablation)"),
     "moe_no_omega": (False, bool, "no learned per-channel omega (ablation)"),
     "moe_no_mask": (False, bool, "sample from the full softmax, without the mask (ablation)"),
+    "moe_min_kept": (1, int, "beyond the paper: the SparseMixer mask keeps at least the K best experts "
+                             "(1 = the paper's rule)"),
+    "moe_balance_probs": ("masked", str, "beyond the paper: the balance loss from the masked softmax "
+                                         "(masked, the authors' code) or the unmasked one (full)"),
     "moe_router_bias": (False, bool, "router logits W x + b, as the authors' released code "
                                      "(nn.Linear default init); default: no bias"),
 }
@@ -57,6 +61,13 @@ def check_moe_args(args):
             "recomputes each layer in the backward, so the balance and z-losses read from the first "
             "(no-grad) forward would carry no gradient; train without them (lower --max-tokens and "
             "raise --update-freq to fit memory)")
+    if args.moe_balance_probs not in ("masked", "full"):
+        raise ValueError(f"--moe-balance-probs {args.moe_balance_probs!r} is invalid; valid: masked, full")
+    if not 1 <= args.moe_min_kept <= n:
+        raise ValueError(f"--moe-min-kept {args.moe_min_kept} is invalid; allowed: 1..{n} (--moe-experts)")
+    if args.moe_router == "switch" and (args.moe_min_kept != 1 or args.moe_balance_probs != "masked"):
+        raise ValueError("--moe-min-kept and --moe-balance-probs do not apply to --moe-router switch "
+                         "(it has no mask)")
     if args.moe_no_mask and args.moe_router == "switch":
         raise ValueError("--moe-no-mask does not apply to --moe-router switch (it has no mask)")
 
@@ -72,4 +83,8 @@ def moe_layer_kwargs(args):
         kw["mask"] = False
     if args.moe_router_bias:
         kw["bias"] = True
+    if args.moe_min_kept != 1:
+        kw["min_kept"] = args.moe_min_kept
+    if args.moe_balance_probs != "masked":
+        kw["balance_probs"] = args.moe_balance_probs
     return kw

@@ -30,9 +30,11 @@ class RouterOutput:
     probs: torch.Tensor  # float32 (T, N)         routing distribution (masked softmax when masked)
     logits: torch.Tensor  # float32 (T, N)        router logits θ (before any Switch noise)
     padding_mask: Optional[torch.Tensor] = None  # bool (T,), True at pads: left out of the stats
+    balance_probs: Optional[torch.Tensor] = None  # float32 (T, N): P of the balance loss, if not `probs`
 
     # statistics over the non-pad tokens:
-    #   balance_loss     scalar   N * sum_e f_e * mean_t P_e   (differentiable through P = probs)
+    #   balance_loss     scalar   N * sum_e f_e * mean_t P_e   (differentiable through P = probs,
+    #                             or balance_probs where the router gives them)
     #   z_loss           scalar   mean_t logsumexp(θ)^2        (differentiable through θ)
     #   expert_counts    int64 (N,)  tokens whose first choice is e
     #   entropy          scalar   mean_t H(probs), no gradient
@@ -64,7 +66,8 @@ class RouterOutput:
 
             counts = torch.zeros(n, dtype=torch.long, device=p.device).scatter_add_(0, first, keep.long())
             frac = counts.to(p.dtype) / denom  # f_e, no gradient
-            p_mean = (p * keep.unsqueeze(-1)).sum(0) / denom  # mean_t P_e, differentiable
+            pb = p if self.balance_probs is None else self.balance_probs
+            p_mean = (pb * keep.unsqueeze(-1)).sum(0) / denom  # mean_t P_e, differentiable
             with torch.no_grad():
                 ent = mean(-(p * torch.log(p.clamp_min(1e-30))).sum(-1))
                 non_argmax = mean((first != lg.argmax(dim=-1)).to(p.dtype))
@@ -75,7 +78,7 @@ class RouterOutput:
 
 
 def relative_mask(logits: torch.Tensor, jitter_eps: float, best: Optional[torch.Tensor] = None,
-                  scale_logits: Optional[torch.Tensor] = None) -> torch.Tensor:
+                  scale_logits: Optional[torch.Tensor] = None, min_kept: int = 1) -> torch.Tensor:
     """Boolean (T, N), True where expert j is DROPPED (paper §4):
 
         (θ* − θ_j) / max(|θ_j|, θ*) > 2r,   θ* = max_j θ_j,  r = jitter_eps
@@ -83,14 +86,20 @@ def relative_mask(logits: torch.Tensor, jitter_eps: float, best: Optional[torch.
     written without a division, (θ* − θ_j) > 2r·max(|θ_j|, θ*), so that 0/0 never occurs
     (θ* = θ_j = 0 keeps j). The best expert is never dropped. `best` overrides θ* (the
     second stage of top-2 routing thresholds against the best REMAINING logit) and
-    `scale_logits` the logits whose magnitude enters the relative factor.
+    `scale_logits` the logits whose magnitude enters the relative factor. `min_kept` K > 1
+    keeps the K best experts whatever their distance (beyond the paper: a remedy for tokens
+    whose mask keeps one expert and so give the router no gradient).
     """
     with torch.no_grad():
         if best is None:
             best = logits.max(dim=-1, keepdim=True).values
         mags = (logits if scale_logits is None else scale_logits).abs()
         factor = torch.maximum(mags, best)
-        return (best - logits) > (2.0 * jitter_eps) * factor
+        drop = (best - logits) > (2.0 * jitter_eps) * factor
+        if min_kept > 1:
+            top = logits.topk(min(min_kept, logits.size(-1)), dim=-1).indices
+            drop = drop.scatter(-1, top, False)
+        return drop
 
 
 def gumbel_argmax(masked_logits: torch.Tensor) -> torch.Tensor:
@@ -146,7 +155,12 @@ class Router(nn.Module):
         with torch.autocast(device_type=logits.device.type, enabled=False):
             logits = logits.float()  # never in place: a new tensor for fp16/bf16, the caller's otherwise
             expert_index, gate, probs = self.select(logits)
-        return RouterOutput(expert_index, gate, probs, logits, padding_mask)
+            balance_probs = self.balance_probs_of(logits)
+        return RouterOutput(expert_index, gate, probs, logits, padding_mask, balance_probs)
 
     def select(self, logits):
         raise NotImplementedError
+
+    def balance_probs_of(self, logits):
+        """P of the balance loss where it is not the routing distribution (default: it is)."""
+        return None

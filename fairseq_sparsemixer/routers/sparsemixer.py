@@ -66,16 +66,31 @@ class SparseMixerRouter(Router):
     """SparseMixer (v1), the paper's method: mask, D ~ π (Gumbel-max), forward gate s·π_D with
     s from the mid-point coin off the argmax, backward 2 · ∂L/∂gate · ∂π_D/∂θ.
 
-    Option `mask=False` samples from the full softmax (the paper's "w/o mask" ablation)."""
+    Option `mask=False` samples from the full softmax (the paper's "w/o mask" ablation).
+    Remedies for tokens whose mask keeps one expert (π_D = 1: no router gradient from the gate
+    nor from the balance loss), beyond the paper, off by default: `min_kept=K` keeps the K best
+    experts in every token's mask; `balance_probs="full"` computes the balance loss
+    N·Σ f_e·P̄_e from the unmasked softmax(θ) (as the transformers PhiMoE port of
+    SparseMixer-v2 does), so that every token's router gets its gradient."""
 
     name = "sparsemixer"
     default_omega = True
     rule = "midpoint"
     grad_factor = 2.0
 
-    def __init__(self, embed_dim, num_experts, jitter_eps=0.1, top_k=1, bias=False, mask=True):
+    def __init__(self, embed_dim, num_experts, jitter_eps=0.1, top_k=1, bias=False, mask=True,
+                 min_kept=1, balance_probs="masked"):
         super().__init__(embed_dim, num_experts, jitter_eps, top_k, bias)
+        if not 1 <= min_kept <= num_experts:
+            raise ValueError(f"min_kept={min_kept} must be in 1..{num_experts} (the number of experts)")
+        if balance_probs not in ("masked", "full"):
+            raise ValueError(f"balance_probs={balance_probs!r} must be 'masked' or 'full'")
         self.mask = bool(mask)
+        self.min_kept = int(min_kept)
+        self.balance_probs = balance_probs
+
+    def balance_probs_of(self, logits):
+        return logits.softmax(dim=-1) if self.balance_probs == "full" else None
 
     def _stage(self, logits, drop):
         """One routing stage on the experts not dropped: (index, gate, probs)."""
@@ -91,7 +106,7 @@ class SparseMixerRouter(Router):
         return index, gate, probs
 
     def select(self, logits):
-        drop = relative_mask(logits, self.jitter_eps) if self.mask else None
+        drop = relative_mask(logits, self.jitter_eps, min_kept=self.min_kept) if self.mask else None
         index, gate, probs = self._stage(logits, drop)
         if self.top_k == 1:
             return index, gate, probs
