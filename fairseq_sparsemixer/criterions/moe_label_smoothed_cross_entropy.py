@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 
 import torch
 from fairseq.criterions import register_criterion
-from fairseq.dataclass import ChoiceEnum
 from fairseq.criterions.label_smoothed_cross_entropy import (
     LabelSmoothedCrossEntropyCriterion, LabelSmoothedCrossEntropyCriterionConfig)
+from fairseq.dataclass import ChoiceEnum
 from fairseq.logging import metrics
 
 from ..diagnostics.expert_usage import CollapseMonitor
@@ -75,7 +75,8 @@ class MoELabelSmoothedCrossEntropyCriterion(LabelSmoothedCrossEntropyCriterion):
 
     def __init__(self, task, sentence_avg, label_smoothing, ignore_prefix_size=0,
                  report_accuracy=False, moe_balance_weight=0.01, moe_z_loss_weight=0.0,
-                 moe_balance_reduction="token-mean", moe_no_load_log=False, moe_collapse_threshold=0.01, moe_collapse_batches=200):
+                 moe_balance_reduction="token-mean", moe_no_load_log=False, moe_collapse_threshold=0.01,
+                 moe_collapse_batches=200):
         super().__init__(task, sentence_avg, label_smoothing, ignore_prefix_size, report_accuracy)
         if moe_balance_weight < 0 or moe_z_loss_weight < 0:
             raise ValueError("--moe-balance-weight and --moe-z-loss-weight must be >= 0")

@@ -11,9 +11,10 @@ Writes DIR/valid_loss.png (mean over seeds, band = min..max), DIR/expert_load_<r
 DIR/summary.md and DIR/summary.json.
 
 Paired statistics for every two labels (the later minus the earlier in the order dense,
---baseline, --candidate, then the others as they first appear), over the seeds both have: the final and the best validation <metric> differences,
-with a 95% confidence interval and p-value of the paired t-test (scipy.stats.ttest_1samp of the
-per-seed differences, i.e. ttest_rel; needs 2 seeds or more), and, per seed, sacreBLEU's paired bootstrap resampling test
+--baseline, --candidate, then the others as they first appear), over the seeds both have: the
+final and the best validation <metric> differences, with a 95% confidence interval and p-value
+of the paired t-test (scipy.stats.ttest_1samp of the per-seed differences, i.e. ttest_rel;
+needs 2 seeds or more), and, per seed, sacreBLEU's paired bootstrap resampling test
 (sacrebleu.significance.PairedTest, 1000 resamples, SACREBLEU_SEED 12345) on the test
 translations that scripts/evaluate_wmt14.sh recorded in eval_test.json.
 
@@ -285,7 +286,8 @@ def markdown(res) -> str:
         lo, hi = min(r["final_updates"]), max(r["final_updates"])
         lines.append(f"| {r['label']} | {len(r['seeds'])} | {hi if lo == hi else f'{lo}–{hi}'} | {fmt(*r['final'])} | "
                      f"{fmt(*r['best'])} | {fmt(*r['bleu'], digits=2)} | {fmt(*r['tok_bleu'], digits=2)} | "
-                     f"{fmt(*r.get('one_kept', (None, None)))} | {r['collapsed_runs']} ({r.get('collapsed_experts', 0)}) |")
+                     f"{fmt(*r.get('one_kept', (None, None)))} | {r['collapsed_runs']} "
+                     f"({r.get('collapsed_experts', 0)}) |")
     lines.append("")
     lines.append(f"Validation {m} in base 2 (fairseq's), mean ± sample s.d. over seeds; moe_one_kept: training "
                  "fraction of tokens whose mask keeps one expert, last 4 log records.")
