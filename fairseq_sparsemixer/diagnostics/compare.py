@@ -286,8 +286,8 @@ def markdown(res) -> str:
         lo, hi = min(r["final_updates"]), max(r["final_updates"])
         lines.append(f"| {r['label']} | {len(r['seeds'])} | {hi if lo == hi else f'{lo}–{hi}'} | {fmt(*r['final'])} | "
                      f"{fmt(*r['best'])} | {fmt(*r['bleu'], digits=2)} | {fmt(*r['tok_bleu'], digits=2)} | "
-                     f"{fmt(*r.get('one_kept', (None, None)))} | {r['collapsed_runs']} "
-                     f"({r.get('collapsed_experts', 0)}) |")
+                     f"{fmt(*r['one_kept'])} | {r['collapsed_runs']} "
+                     f"({r['collapsed_experts']}) |")
     lines.append("")
     lines.append(f"Validation {m} in base 2 (fairseq's), mean ± sample s.d. over seeds; moe_one_kept: training "
                  "fraction of tokens whose mask keeps one expert, last 4 log records.")
