@@ -116,6 +116,7 @@ case "$PRECISION" in
     bf16) DEV+=(--bf16) ;;  # the plugin keeps fairseq from reading it as TPU (precision.py)
 esac
 read -r MAXTOK UPDATE_FREQ < <(PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" python -m fairseq_sparsemixer.batching "$TOKENS" "$TOTAL_BATCH" "$WORLD")
+[[ -n "${MAXTOK:-}" ]] || die "could not compute the batch (python -m fairseq_sparsemixer.batching failed)"
 BATCH_NOTE="$((MAXTOK * UPDATE_FREQ * WORLD)) tokens per update at most (max-tokens $MAXTOK x update-freq $UPDATE_FREQ x $WORLD worker(s)), $PRECISION"
 TB=()
 python -c 'import tensorboardX' 2>/dev/null && TB=(--tensorboard-logdir "$SAVE/tb")
