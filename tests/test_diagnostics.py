@@ -238,6 +238,7 @@ def test_paired_statistics_are_the_libraries_tests(tmp_path):
     assert got["difference"] == pytest.approx(want["BLEU"][1].score - want["BLEU"][0].score) and got["difference"] != 0
     md = (tmp_path / "out" / "summary.md").read_text()
     assert "Paired statistics" in md and f"| {sg['candidate']} − {sg['baseline']} | 3 |" in md
+    assert "| switch | 3 | 200 | 5.100 ± 0.100 | 5.100 ± 0.100 | 0.00 ± 0.00 |" in md  # equal seeds: s.d. 0 shown
 
 
 def test_compare_errors_are_one_line(tmp_path):

@@ -105,16 +105,17 @@ def parse_runs(specs: List[str]) -> List[Run]:
 
 
 def mean_sd(xs):
+    """(mean, sample s.d.) of the given values; s.d. None for a single value."""
     xs = [x for x in xs if x is not None]
     if not xs:
         return None, None
-    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
+    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else None)
 
 
 def fmt(m, s, digits=3):
     if m is None:
         return "n/a"
-    return f"{m:.{digits}f} ± {s:.{digits}f}" if s else f"{m:.{digits}f}"
+    return f"{m:.{digits}f} ± {s:.{digits}f}" if s is not None else f"{m:.{digits}f}"
 
 
 def reach(run_u, run_v, target) -> Optional[int]:
