@@ -10,7 +10,10 @@ baseline measured in the same process (interleaved round-robin after warm-up; me
             [--quick] (tiny sizes: checks the harness) [--json OUT]
 
 layer   forward+backward of one FFN layer on T tokens (d = 512, d_ff = 2048 per expert):
-        the dense FFN (baseline), ours (MoEFeedForward: sorted dropless dispatch), and two
+        the dense FFN (baseline), ours (MoEFeedForward: sorted dropless dispatch, one matmul
+        pair per expert), grouped (the same with --moe-expert-impl grouped: two grouped GEMMs;
+        before timing, its output and every gradient are compared with ours', the relative
+        error is reported, and a dtype/device torch cannot run it on is skipped with a note), two
         reference dispatch designs implemented here: `mask-loop` (a boolean mask per expert,
         gather / index_add) and `onehot-einsum` (GShard / fairseq-moe / DeepSpeed: one-hot
         (T, N, C) dispatch and combine tensors with capacity C = ceil(1.25 T / N), stacked
@@ -23,6 +26,9 @@ model   fairseq-train target words/s (fairseq's own `wps`, median over log recor
         first) of switch_transformer_tiny with N experts vs fairseq's `transformer` of the same
         dims on the bundled sample, and fairseq-generate sentences/s (beam 4, every output forced
         to the same length so that the work is identical) of the trained models.
+        --model-recipe paper: switch_transformer_wmt_en_de vs transformer_wmt_en_de, one GPU,
+        --max-tokens 8192, update-freq 1 (--precision of train_wmt14.sh: fp16 on GPU); with
+        --no-generate, training speed only (no checkpoint is written).
 """
 import argparse
 import json
@@ -204,12 +210,42 @@ def dense_ffn(d, d_ff):
     return nn.Sequential(nn.Linear(d, d_ff), nn.ReLU(), nn.Linear(d_ff, d))
 
 
+class GroupedMoE(nn.Module):
+    """`moe` (the same parameters) through the grouped-GEMM path."""
+
+    def __init__(self, moe: MoEFeedForward):
+        super().__init__()
+        self.moe = moe
+
+    def forward(self, x):
+        impl, self.moe.expert_impl = self.moe.expert_impl, "grouped"
+        try:
+            return self.moe(x)
+        finally:
+            self.moe.expert_impl = impl
+
+
 def layer_designs(d, d_ff, n, designs):
     """{name: module} for the requested designs; all MoE designs share one router and experts."""
-    moe = MoEFeedForward(d, d_ff, n, router="sparsemixer")
-    build = {"dense": lambda: dense_ffn(d, d_ff), "ours": lambda: moe,
+    moe = MoEFeedForward(d, d_ff, n, router="sparsemixer", expert_impl="loop")
+    build = {"dense": lambda: dense_ffn(d, d_ff), "ours": lambda: moe, "grouped": lambda: GroupedMoE(moe),
              "mask-loop": lambda: MaskLoopMoE(moe), "onehot-einsum": lambda: OneHotEinsumMoE(moe)}
     return {k: build[k]() for k in designs}
+
+
+def grouped_error(moe: MoEFeedForward, x) -> float:
+    """Largest relative error (‖a − b‖ / ‖b‖) of the grouped path against the loop, over the
+    output, the input gradient and every parameter gradient, on the same routes."""
+    res = []
+    for m in (moe, GroupedMoE(moe)):
+        xi = x.detach().clone().requires_grad_()
+        moe.zero_grad(set_to_none=True)
+        torch.manual_seed(0)
+        y = m(xi)
+        y.float().pow(2).sum().backward()
+        res.append([y.float(), xi.grad.float()] + [p.grad.float() for p in moe.parameters() if p.grad is not None])
+    moe.zero_grad(set_to_none=True)
+    return max(((a - b).norm() / b.norm().clamp_min(1e-30)).item() for a, b in zip(res[1], res[0]))
 
 
 def step_fn(module, x):
@@ -226,7 +262,15 @@ def step_fn(module, x):
 
 
 def suite_layer(a, device, dtype):
-    designs = ["dense", "ours", "mask-loop", "onehot-einsum"]
+    designs = list(a.designs)
+    if "grouped" in designs:  # can torch run it here?
+        try:
+            grouped_error(MoEFeedForward(64, 128, 2, expert_impl="loop").to(device, dtype),
+                          torch.randn(64, 64, device=device, dtype=dtype))
+        except (RuntimeError, ValueError, NotImplementedError) as e:
+            print(f"[layer] grouped: skipped, torch {torch.__version__} cannot run it on {device} {dtype}: "
+                  f"{str(e).splitlines()[0][:200]}")
+            designs.remove("grouped")
     rows = []
     hdr = f"{'N':>3} {'T':>6} " + " ".join(f"{k + ' ms':>17}" for k in designs) + " " + " ".join(
         f"{k + '/dense':>19}" for k in designs[1:]) + "   peak MiB: " + " / ".join(designs)
@@ -241,16 +285,22 @@ def suite_layer(a, device, dtype):
             mem = {k: peak_memory(lambda m=m, s=fns[k]: m(s.x).float().sum().backward(), device,
                                   setup=lambda m=m, s=fns[k]: (m.zero_grad(set_to_none=True), setattr(s.x, "grad", None)))
                    for k, m in mods.items()}
-            row = {"experts": n, "tokens": t, **{f"{k}_ms": round(v * 1e3, 3) for k, v in sec.items()},
+            row = {"experts": n, "tokens": t, "dtype": a.dtype,
+                   **{f"{k}_ms": round(v * 1e3, 3) for k, v in sec.items()},
                    **{f"{k}_over_dense": round(sec[k] / sec["dense"], 3) for k in designs[1:]},
                    **{f"{k}_peak_mib": round(mem[k] / 2 ** 20, 1) for k in designs},
                    "tokens_per_s_ours": round(t / sec["ours"])}
+            if "grouped" in designs:
+                row["grouped_over_ours"] = round(sec["grouped"] / sec["ours"], 3)
+                row["grouped_rel_err"] = float(f"{grouped_error(mods['ours'], x):.2e}")
             if a.profile and device.type == "cpu":
                 row["ours_profile"] = profile_breakdown(fns["ours"])
             rows.append(row)
             print(f"{n:>3} {t:>6} " + " ".join(f"{row[k + '_ms']:>17.2f}" for k in designs) + " " +
                   " ".join(f"{row[k + '_over_dense']:>19.3f}" for k in designs[1:]) + "   " +
-                  " / ".join(f"{row[k + '_peak_mib']:.0f}" for k in designs))
+                  " / ".join(f"{row[k + '_peak_mib']:.0f}" for k in designs) +
+                  (f"   grouped/ours {row['grouped_over_ours']:.3f}, rel. error {row['grouped_rel_err']:.1e}"
+                   if "grouped" in designs else ""))
             if "ours_profile" in row:
                 print("      ours, share of CPU time: " +
                       ", ".join(f"{k} {v:.0%}" for k, v in row["ours_profile"].items()))
@@ -393,37 +443,45 @@ def suite_model(a, device, dtype):
     kinds = ["dense"] + [f"moe{n}" for n in a.model_experts]
     dims = ["--", "--log-interval", str(a.log_interval), "--disable-validation", "--no-epoch-checkpoints",
             "--no-progress-bar"]
+    if a.no_generate:
+        dims += ["--no-save"]
+    if a.model_recipe == "paper":
+        dims += ["--max-tokens", "8192", "--update-freq", "1"]
     if a.quick:
         dims += ["--encoder-embed-dim", "32", "--decoder-embed-dim", "32", "--encoder-ffn-embed-dim", "64",
                  "--decoder-ffn-embed-dim", "64", "--max-tokens", "512"]
     wps = {k: [] for k in kinds}
     gen = {k: [] for k in kinds}
     print(f"\n[model] fairseq-train wps and fairseq-generate speed, ratio to dense ({a.model_repeats} "
-          f"interleaved runs of {a.updates} updates each)")
+          f"interleaved runs of {a.updates} updates each, recipe {a.model_recipe})")
     with tempfile.TemporaryDirectory(prefix="bench-model-") as tmp:
         for rep in range(a.model_repeats):
             for k in kinds:
                 save = Path(tmp) / f"{k}-{rep}"
                 kind = ["--dense"] if k == "dense" else ["--router", "sparsemixer", "--experts", k[3:]]
-                _run(["bash", ROOT / "scripts/train_wmt14.sh", "--recipe", "cpu-tiny", *kind, "--data", prep / "bin",
+                _run(["bash", ROOT / "scripts/train_wmt14.sh", "--recipe", a.model_recipe, *kind, "--data", prep / "bin",
                       "--save-dir", save, "--max-update", str(a.updates), *dims],
                      env={"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})
                 wps[k].append(train_wps(save / "train.log"))
-                gen[k].append(generate_speed(save, prep, a.gen_length, quick=a.quick))
-                print(f"  run {rep + 1} {k:>6}: train {wps[k][-1]:.0f} words/s, generate "
-                      f"{gen[k][-1][0]:.2f} sentences/s ({gen[k][-1][1]:.0f} tokens/s)", flush=True)
+                if not a.no_generate:
+                    gen[k].append(generate_speed(save, prep, a.gen_length, quick=a.quick))
+                print(f"  run {rep + 1} {k:>6}: train {wps[k][-1]:.0f} words/s" + ("" if a.no_generate else
+                      f", generate {gen[k][-1][0]:.2f} sentences/s ({gen[k][-1][1]:.0f} tokens/s)"), flush=True)
     med = lambda xs: statistics.median(xs)
     rows = []
     for k in kinds:
-        row = {"model": k, "train_wps": round(med(wps[k]), 1), "gen_sentences_per_s": round(med(g[0] for g in gen[k]), 2),
-               "gen_tokens_per_s": round(med(g[1] for g in gen[k]), 1),
-               "train_over_dense": round(med(wps[k]) / med(wps["dense"]), 3),
-               "gen_over_dense": round(med(g[0] for g in gen[k]) / med(g[0] for g in gen["dense"]), 3)}
+        row = {"model": k, "train_wps": round(med(wps[k]), 1),
+               "train_over_dense": round(med(wps[k]) / med(wps["dense"]), 3), "train_wps_runs": wps[k]}
+        if not a.no_generate:
+            row.update(gen_sentences_per_s=round(med(g[0] for g in gen[k]), 2),
+                       gen_tokens_per_s=round(med(g[1] for g in gen[k]), 1),
+                       gen_over_dense=round(med(g[0] for g in gen[k]) / med(g[0] for g in gen["dense"]), 3))
         rows.append(row)
-    print(f"{'model':>6} {'train wps':>10} {'gen sent/s':>11} {'train/dense':>12} {'gen/dense':>10}")
+    print(f"{'model':>6} {'train wps':>10} {'train/dense':>12}" + ("" if a.no_generate else
+          f" {'gen sent/s':>11} {'gen/dense':>10}"))
     for r in rows:
-        print(f"{r['model']:>6} {r['train_wps']:>10.0f} {r['gen_sentences_per_s']:>11.2f} "
-              f"{r['train_over_dense']:>12.3f} {r['gen_over_dense']:>10.3f}")
+        print(f"{r['model']:>6} {r['train_wps']:>10.0f} {r['train_over_dense']:>12.3f}" + ("" if a.no_generate else
+              f" {r['gen_sentences_per_s']:>11.2f} {r['gen_over_dense']:>10.3f}"))
     return rows
 
 
@@ -444,6 +502,8 @@ def main(argv=None):
     g.add_argument("--tokens", type=int, nargs="+", default=[1024, 4096, 16384])
     g.add_argument("--dim", type=int, default=512)
     g.add_argument("--ffn-dim", type=int, default=2048)
+    g.add_argument("--designs", nargs="+", default=["dense", "ours", "grouped", "mask-loop", "onehot-einsum"],
+                   choices=["dense", "ours", "grouped", "mask-loop", "onehot-einsum"])
     g.add_argument("--profile", action="store_true",
                    help="CPU: also split ours' step time by op category (torch.profiler)")
     g = p.add_argument_group("router")
@@ -457,6 +517,9 @@ def main(argv=None):
     g.add_argument("--model-repeats", type=int, default=3)
     g.add_argument("--gen-length", type=int, default=32, help="tokens generated per sentence (forced)")
     g.add_argument("--prep-dir", default=str(ROOT / "work" / "sample_en_de"))
+    g.add_argument("--model-recipe", default="cpu-tiny", choices=["cpu-tiny", "paper"],
+                   help="cpu-tiny: switch_transformer_tiny; paper: the wmt_en_de dims, 8192 tokens per update")
+    g.add_argument("--no-generate", action="store_true", help="training speed only")
     a = p.parse_args(argv)
     if a.quick:
         a.experts, a.tokens, a.dim, a.ffn_dim, a.warmup, a.repeats = [2, 4], [64], 16, 32, 1, 2
@@ -464,6 +527,8 @@ def main(argv=None):
         a.model_experts = [2]
     if "switch" not in a.routers:
         p.error("--routers must include switch (the baseline)")
+    if a.designs[:2] != ["dense", "ours"]:
+        p.error("--designs must start with dense ours (the baselines)")
     device, dtype = torch.device(a.device), getattr(torch, a.dtype)
     info = facts(a, device)
     print("  ".join(f"{k}={v}" for k, v in info.items()))

@@ -1,34 +1,47 @@
 #!/usr/bin/env bash
 # The GPU check: one command for a one-GPU machine (H100/H200; no network; Python 3.12 and a CUDA
-# torch preinstalled, fairseq carried as wheels: ../shared/device/README.md), about 8 minutes.
+# torch preinstalled, fairseq carried as wheels: ../shared/device/README.md), about 7 minutes.
 #
-#   bash scripts/gpu_check.sh [--out DIR] [--updates 200] [--prep-dir work/sample_en_de] [--smoke]
+#   bash scripts/gpu_check.sh [--out DIR] [--work DIR] [--updates 200] [--prep-dir work/sample_en_de] [--smoke]
 #
-# Steps (each logged to OUT/<step>.log; OUT/summary.md says ok/FAILED, seconds and the result):
-#   versions  the card, torch, CUDA, fairseq
-#   prepare   the bundled sample (scripts/prepare_wmt14.sh --sample), unless already prepared
-#   fp16      switch_transformer_tiny, UPDATES updates through train_wmt14.sh --precision fp16
-#   bf16      the same with --precision bf16 (fairseq's --bf16 on CUDA, not TPU)
-#   generate  fairseq-generate with the fp16 checkpoint and sacreBLEU (evaluate_wmt14.sh)
-#   ranks     two ranks on the one GPU (torchrun, gloo, pytorch_ddp): the per-layer keys are
-#             those of a 1-process run (enc0 enc2 dec0 dec2)
-#   syncs     host syncs of one base-dims micro-step, torch.cuda.set_sync_debug_mode, against
-#             fairseq's dense Transformer (target: one per MoE layer + one)
-#   layer     scripts/benchmark.py layer on cuda, bf16, N = 4 and 16, T = 4096 and 16384
-# --smoke runs the same steps on CPU in a few minutes (tests/test_gpu_check.py): small dims and
-# --updates N; fp32 instead of fp16 (which needs a GPU) and bf16 on CPU; generation of 4
-# tokens; the two gloo ranks with legacy_ddp and fairseq's own init (torchrun and pytorch_ddp
-# fail on CPU inside fairseq); the sync count by the CPU counter on the tiny dims; the layer
-# benchmark --quick.
+# --work: where the training runs (checkpoints) go, default OUT; OUT keeps the logs, the json
+# results and summary.md.
+# Steps (each logged to OUT/<step>.log, and stopped after its time limit; OUT/summary.md says
+# ok/FAILED, seconds and the result):
+#   versions      the card, torch, CUDA, fairseq, whether torch has a grouped GEMM
+#   prepare       the bundled sample (scripts/prepare_wmt14.sh --sample), unless already prepared
+#   fp16          switch_transformer_tiny, UPDATES updates through train_wmt14.sh --precision fp16
+#   bf16-grouped  the same with --precision bf16 (fairseq's --bf16 on CUDA, not TPU) and
+#                 --moe-expert-impl grouped
+#   bf16-loop     the same with --moe-expert-impl loop (the two validation losses side by side)
+#   generate      fairseq-generate with the fp16 checkpoint and sacreBLEU (evaluate_wmt14.sh)
+#   syncs         host syncs of one base-dims micro-step, torch.cuda.set_sync_debug_mode, against
+#                 fairseq's dense Transformer, bf16 autocast (target: one per MoE layer + one)
+#   syncs-bf16    the same with bf16 weights and the grouped GEMM (target: one, the criterion's)
+#   layer-bf16    scripts/benchmark.py layer on cuda, bf16, N = 4 and 16, T = 4096 and 16384,
+#                 with the grouped GEMM's relative error against the loop
+#   layer-fp16    the same in fp16
+#   router        scripts/benchmark.py router: sparsemixer / switch training step (bf16 autocast)
+#   ranks         two ranks on the one GPU (torchrun, gloo, pytorch_ddp): the per-layer keys are
+#                 those of a 1-process run (enc0 enc2 dec0 dec2)
+#   model         scripts/benchmark.py model --model-recipe paper: fairseq-train words/s of
+#                 switch_transformer_wmt_en_de (N = 4, 16) / transformer_wmt_en_de, fp16, 8192
+#                 tokens per update, 2 interleaved runs of 150 updates each
+# --smoke runs the same steps on CPU in a few minutes (tests/test_gpu_check.py), without time
+# limits: small dims and --updates N; fp32 instead of fp16 (which needs a GPU) and bf16 on CPU;
+# generation of 4 tokens; the two gloo ranks with legacy_ddp and fairseq's own init (torchrun
+# and pytorch_ddp fail on CPU inside fairseq); the sync counts by the CPU counter on the tiny
+# dims; the benchmarks --quick.
 # Exit status: 0 when every step passed.
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 die() { echo "gpu_check.sh: error: $*" >&2; exit 2; }
-OUT="${OUT:-$ROOT/work/gpu_check}" UPDATES=200 SMOKE=0 PREP="$ROOT/work/sample_en_de"
+OUT="${OUT:-$ROOT/work/gpu_check}" WORK="" UPDATES=200 SMOKE=0 PREP="$ROOT/work/sample_en_de"
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --out) OUT="${2:?}"; shift 2 ;;
+        --work) WORK="${2:?}"; shift 2 ;;
         --updates) UPDATES="${2:?}"; shift 2 ;;
         --prep-dir) PREP="${2:?}"; shift 2 ;;
         --smoke) SMOKE=1; shift ;;
@@ -38,28 +51,35 @@ while [[ $# -gt 0 ]]; do
 done
 [[ "$UPDATES" =~ ^[1-9][0-9]*$ ]] || die "--updates must be >= 1, got '$UPDATES'"
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-mkdir -p "$OUT"
+WORK="${WORK:-$OUT}"
+mkdir -p "$OUT" "$WORK"
 BIN="$PREP/bin"
 SMALL=(--encoder-embed-dim 64 --decoder-embed-dim 64 --encoder-ffn-embed-dim 128 --decoder-ffn-embed-dim 128
        --encoder-attention-heads 2 --decoder-attention-heads 2 --max-tokens 1024)
 if [[ $SMOKE == 1 ]]; then
-    P16=fp32 P_BF=bf16 DIMS=("${SMALL[@]}") GEN=(--beam 1 -- --max-len-a 0 --max-len-b 4) SYNC_ARCH=tiny
-    LAYER=(--quick --device cpu)
+    P16=fp32 P_BF=bf16 DIMS=("${SMALL[@]}") GEN=(--beam 1 -- --max-len-a 0 --max-len-b 4) SYNC=(--arch tiny --device cpu)
+    LAYER=(--quick --device cpu) ROUTER=(--quick --device cpu) MODEL=(--quick --no-generate)
 else
-    P16=fp16 P_BF=bf16 DIMS=() GEN=() SYNC_ARCH=base
-    LAYER=(--device cuda --dtype bfloat16 --experts 4 16 --tokens 4096 16384 --repeats 5 --warmup 2)
+    P16=fp16 P_BF=bf16 DIMS=() GEN=() SYNC=(--arch base --device cuda)
+    LAYER=(--device cuda --experts 4 16 --tokens 4096 16384 --repeats 5 --warmup 2)
+    ROUTER=(--device cuda --dtype bfloat16 --repeats 10 --warmup 3)
+    MODEL=(--model-recipe paper --no-generate --model-experts 4 16 --updates 150 --model-repeats 2 --log-interval 10)
 fi
 echo "| step | status | seconds | result |" > "$OUT/summary.tmp"; echo "|---|---|---|---|" >> "$OUT/summary.tmp"
-FAILED=0
-step() {  # step NAME RESULT-COMMAND -- COMMAND...: run COMMAND into OUT/NAME.log, then RESULT-COMMAND for the summary
-    local name="$1" result="$2"; shift 3
+FAILED=0 LIMIT=0
+# step NAME SECONDS RESULT-COMMAND -- COMMAND...: run COMMAND into OUT/NAME.log, stopped (with every
+# process it started) after SECONDS (not in --smoke), then RESULT-COMMAND for the summary. A
+# shell function as COMMAND passes $LIMIT to `timeout` itself (see limited).
+step() {
+    local name="$1" result="$3"; LIMIT=$2; [[ $SMOKE == 1 ]] && LIMIT=0; shift 4
     local t0=$SECONDS status=ok
     echo "gpu_check.sh: $name"
-    "$@" > "$OUT/$name.log" 2>&1 || status=FAILED
+    if declare -F "$1" > /dev/null; then "$@"; else limited "$@"; fi > "$OUT/$name.log" 2>&1 || status=FAILED
     local r=""; [[ $status == ok ]] && r="$(eval "$result" 2>/dev/null | tr '\n' ' ')"
     [[ $status == ok ]] || { FAILED=1; r="$(tail -n 3 "$OUT/$name.log" | tr '\n|' '  ' | cut -c1-300)"; }
     echo "| $name | $status | $((SECONDS - t0)) | $r |" >> "$OUT/summary.tmp"
 }
+limited() { timeout -k 10 "$LIMIT" "$@"; }  # LIMIT 0: no limit
 last_valid() {  # the last validation loss of a train_wmt14.sh save dir
     python - "$1" <<'PY'
 import sys
@@ -68,10 +88,11 @@ v = read_train_log(sys.argv[1] + "/train.log").valid
 print(f"valid loss {v[-1]['loss']:.3f} at update {int(v[-1]['num_updates'])}" if v else "no validation")
 PY
 }
-train() {  # train PRECISION SAVE
-    bash scripts/train_wmt14.sh --recipe cpu-tiny --data "$BIN" --save-dir "$OUT/$2" --max-update "$UPDATES" \
+train() {  # train PRECISION SAVE [extra fairseq args]
+    local extra=("${@:3}")
+    limited bash scripts/train_wmt14.sh --recipe cpu-tiny --data "$BIN" --save-dir "$WORK/$2" --max-update "$UPDATES" \
         --precision "$1" -- --validate-interval-updates "$UPDATES" --no-epoch-checkpoints --log-interval 10 \
-        ${DIMS[@]+"${DIMS[@]}"}
+        ${DIMS[@]+"${DIMS[@]}"} ${extra[@]+"${extra[@]}"}
 }
 ranks() {
     local port=$((20000 + RANDOM % 20000)) common=(fairseq-train "$BIN" --user-dir "$ROOT/fairseq_sparsemixer"
@@ -86,7 +107,7 @@ ranks() {
         done
         wait "${pids[0]}" && wait "${pids[1]}" && cat "$OUT/ranks.0.log"
     else
-        python -m torch.distributed.run --nproc_per_node 2 --master_port "$port" -m fairseq_cli.train "${common[@]:1}" --fp16 \
+        limited python -m torch.distributed.run --nproc_per_node 2 --master_port "$port" -m fairseq_cli.train "${common[@]:1}" --fp16 \
             --ddp-backend pytorch_ddp
     fi
 }
@@ -101,25 +122,44 @@ sys.exit(0 if keys == want else 1)
 PY
 }
 
-step versions "cat $OUT/versions.log" -- python -c '
-import torch, fairseq, sacrebleu
+step versions 60 "cat $OUT/versions.log" -- python -c '
+import torch, torch.nn.functional as F, fairseq, sacrebleu
 print("card", torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none (CPU)")
-print("torch", torch.__version__, "CUDA", torch.version.cuda, "fairseq", fairseq.__version__, "sacrebleu", sacrebleu.__version__)'
-step prepare "echo $BIN" -- bash scripts/prepare_wmt14.sh --sample --out "$PREP"
-step fp16 "last_valid $OUT/fp16" -- train "$P16" fp16
-step bf16 "last_valid $OUT/bf16" -- train "$P_BF" bf16
-step generate "python -c 'import json; r = json.load(open(\"$OUT/fp16/eval_test.json\")); print(r[\"sacrebleu_text\"])'" -- \
-    bash scripts/evaluate_wmt14.sh --save-dir "$OUT/fp16" --prep-dir "$PREP" --checkpoint checkpoint_last.pt ${GEN[@]+"${GEN[@]}"}
+print("torch", torch.__version__, "CUDA", torch.version.cuda, "fairseq", fairseq.__version__, "sacrebleu", sacrebleu.__version__)
+print("grouped GEMM", "F.grouped_mm" if hasattr(F, "grouped_mm") else "torch._grouped_mm" if hasattr(torch, "_grouped_mm") else "none")'
+step prepare 300 "echo $BIN" -- bash scripts/prepare_wmt14.sh --sample --out "$PREP"
+step fp16 150 "last_valid $WORK/fp16" -- train "$P16" fp16
+step bf16-grouped 150 "last_valid $WORK/bf16-grouped" -- train "$P_BF" bf16-grouped --moe-expert-impl grouped
+step bf16-loop 150 "last_valid $WORK/bf16-loop" -- train "$P_BF" bf16-loop --moe-expert-impl loop
+step generate 120 "python -c 'import json; r = json.load(open(\"$WORK/fp16/eval_test.json\")); print(r[\"sacrebleu_text\"])'" -- \
+    bash scripts/evaluate_wmt14.sh --save-dir "$WORK/fp16" --prep-dir "$PREP" --checkpoint checkpoint_last.pt ${GEN[@]+"${GEN[@]}"}
+syncs() {  # syncs NAME [host_syncs args]: the count, and a failed step unless it meets its target
+    local name="$1"; shift
+    step "$name" 150 "tail -n 1 $OUT/$name.log" -- python -m fairseq_sparsemixer.diagnostics.host_syncs --data "$BIN" \
+        "${SYNC[@]}" --json "$OUT/$name.json" "$@"
+    [[ -f "$OUT/$name.json" ]] && python -c "import json,sys; r=json.load(open('$OUT/$name.json')); sys.exit(r['difference'] != r['target'])" \
+        || { FAILED=1; sed -i "s/^| $name | ok |/| $name | FAILED (count) |/" "$OUT/summary.tmp"; }
+}
+syncs syncs
+syncs syncs-bf16 --precision bf16 --expert-impl grouped
+layer_result() {  # the layer table's ratios, one line per configuration
+    python - "$1" <<'PY'
+import json, sys
+for r in json.load(open(sys.argv[1]))["layer"]:
+    g = f", grouped/dense {r['grouped_over_dense']:.3f} (rel. err {r['grouped_rel_err']:.0e})" if "grouped_over_dense" in r else ""
+    print(f"N={r['experts']} T={r['tokens']}: ours/dense {r['ours_over_dense']:.3f}{g};")
+PY
+}
+step layer-bf16 150 "layer_result $OUT/layer-bf16.json" -- python scripts/benchmark.py layer "${LAYER[@]}" --dtype bfloat16 --json "$OUT/layer-bf16.json"
+step layer-fp16 150 "layer_result $OUT/layer-fp16.json" -- python scripts/benchmark.py layer "${LAYER[@]}" --dtype float16 --json "$OUT/layer-fp16.json"
+step router 120 "python -c 'import json; [print(r[\"arch\"], \"sparsemixer/switch\", r[\"sparsemixer_over_switch\"], end=\"; \") for r in json.load(open(\"$OUT/router.json\"))[\"router\"]]'" -- \
+    python scripts/benchmark.py router "${ROUTER[@]}" --json "$OUT/router.json"
 rm -f "$OUT/ranks.json"
-step ranks "layer_keys $OUT/ranks.json" -- ranks
+step ranks 120 "layer_keys $OUT/ranks.json" -- ranks
 [[ $(grep -c '| ranks | ok' "$OUT/summary.tmp") == 1 ]] && { layer_keys "$OUT/ranks.json" > /dev/null || {
     FAILED=1; sed -i 's/^| ranks | ok |/| ranks | FAILED (keys) |/' "$OUT/summary.tmp"; }; }
-step syncs "tail -n 1 $OUT/syncs.log" -- python -m fairseq_sparsemixer.diagnostics.host_syncs --data "$BIN" \
-    --arch "$SYNC_ARCH" --json "$OUT/syncs.json" $([[ $SMOKE == 1 ]] && echo --device cpu)
-[[ -f "$OUT/syncs.json" ]] && python -c "import json,sys; r=json.load(open('$OUT/syncs.json')); sys.exit(r['difference'] != r['target'])" \
-    || { FAILED=1; sed -i 's/^| syncs | ok |/| syncs | FAILED (count) |/' "$OUT/summary.tmp"; }
-step layer "grep -E '^ *(4|16) ' $OUT/layer.log | awk '{print \"N=\" \$1 \" T=\" \$2 \" ours/dense \" \$7 \";\"}'" -- \
-    python scripts/benchmark.py layer "${LAYER[@]}" --json "$OUT/layer.json"
+step model 300 "python -c 'import json; [print(r[\"model\"], r[\"train_wps\"], \"words/s\", r[\"train_over_dense\"], end=\"; \") for r in json.load(open(\"$OUT/model.json\"))[\"model\"]]'" -- \
+    python scripts/benchmark.py model "${MODEL[@]}" --prep-dir "$PREP" --json "$OUT/model.json"
 mv "$OUT/summary.tmp" "$OUT/summary.md"
 cat "$OUT/summary.md"
 exit $FAILED

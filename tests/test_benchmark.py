@@ -60,9 +60,10 @@ def test_benchmark_all_quick_emits_schema(prepared, tmp_path):
     assert r["facts"]["device"] == "cpu" and r["facts"]["threads"] >= 1 and "torch" in r["facts"]
     assert [(row["experts"], row["tokens"]) for row in r["layer"]] == [(2, 64), (4, 64)]
     for row in r["layer"]:
-        for k in ("dense", "ours", "mask-loop", "onehot-einsum"):
+        for k in ("dense", "ours", "grouped", "mask-loop", "onehot-einsum"):
             assert row[f"{k}_ms"] > 0 and row[f"{k}_peak_mib"] >= 0
-        assert row["ours_over_dense"] > 0 and row["onehot-einsum_over_dense"] > 0
+        assert row["ours_over_dense"] > 0 and row["onehot-einsum_over_dense"] > 0 and row["grouped_over_ours"] > 0
+        assert row["grouped_rel_err"] < 1e-5  # float32 on CPU: the loop's numbers
     assert [row["arch"] for row in r["router"]] == ["tiny", "base"]
     for row in r["router"]:
         assert row["sparsemixer_over_switch"] > 0 and row["sparsemixer-v2_over_switch"] > 0
@@ -76,6 +77,19 @@ def test_benchmark_all_quick_emits_schema(prepared, tmp_path):
 def test_benchmark_rejects_a_router_list_without_the_baseline():
     p = run(["python", "scripts/benchmark.py", "router", "--routers", "sparsemixer"], check=False)
     assert p.returncode == 2 and "must include switch" in p.stderr.strip().splitlines()[-1]
+
+
+def test_grouped_error_sees_a_wrong_grouped_path(monkeypatch):
+    """The layer suite's equality check: ~0 for the real grouped path, large when it is broken."""
+    import fairseq_sparsemixer.modules.moe_layer as ml
+
+    torch.manual_seed(0)
+    moe = MoEFeedForward(8, 16, 4, expert_impl="loop").train()
+    x = torch.randn(40, 8)
+    assert bench.grouped_error(moe, x) < 1e-5
+    real = ml._grouped_mm
+    monkeypatch.setattr(ml, "_grouped_mm", lambda a, b, offs: real(a, b.flip(0), offs=offs))  # experts swapped
+    assert bench.grouped_error(moe, x) > 0.1
 
 
 def test_layer_step_times_the_input_gradient():

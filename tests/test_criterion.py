@@ -129,3 +129,7 @@ def test_switch_model_adds_one_host_sync_per_moe_layer(prepared, tmp_path):
                            "--json", str(tmp_path / "s.json")])
     assert res["moe_layers"] == 4 and res["difference"] == 4 + 1, res
     assert json.loads((tmp_path / "s.json").read_text())["difference"] == 5
+    # the grouped GEMM keeps the offsets on the device: only the criterion's sync is left
+    res = host_syncs.main(["--data", str(prepared / "bin"), "--arch", "tiny", "--device", "cpu",
+                           "--expert-impl", "grouped"])
+    assert res["loop_layers"] == 0 and res["difference"] == res["target"] == 1, res

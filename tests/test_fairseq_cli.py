@@ -89,6 +89,8 @@ def test_hydra_train_gives_same_model(prepared, tmp_path):
     (["--moe-min-kept", "5"], "--moe-min-kept 5 is invalid; allowed: 1..4"),
     (["--moe-balance-probs", "dense"], "--moe-balance-probs 'dense' is invalid"),
     (["--moe-router", "switch", "--moe-min-kept", "2"], "do not apply to --moe-router switch"),
+    (["--moe-expert-impl", "fast"], "--moe-expert-impl 'fast' is invalid; valid: auto, loop, grouped"),
+    (["--moe-expert-impl", "grouped", "--moe-capacity-factor", "1"], "--moe-expert-impl grouped is dropless only"),
     # fairseq's activation checkpointing would silently drop the aux losses' gradient
     (["--checkpoint-activations"], "--checkpoint-activations/--offload-activations are not supported"),
     (["--offload-activations"], "--checkpoint-activations/--offload-activations are not supported"),
@@ -156,6 +158,29 @@ def test_incremental_decoding_equals_full_forward(trained, prepared):
         again, _ = model.decoder(prev, encoder_out=model.encoder(
             batch["net_input"]["src_tokens"], src_lengths=batch["net_input"]["src_lengths"]))
     assert torch.equal(again, full)
+
+
+def test_checkpoint_without_expert_impl_loads_and_grouped_gemm_gives_the_same_model(trained, prepared, tmp_path):
+    """A checkpoint from before --moe-expert-impl (no such key in its args) loads, and the same
+    weights run through the grouped GEMM give the loop's outputs (same state-dict keys)."""
+    from fairseq import checkpoint_utils
+
+    state = checkpoint_utils.load_checkpoint_to_cpu(str(trained / "checkpoint_last.pt"))
+    delattr(state["cfg"]["model"], "moe_expert_impl")  # the model's args are a Namespace
+    old = tmp_path / "old.pt"
+    torch.save(state, old)
+    outs = {}
+    for impl in ("loop", "grouped"):
+        models, _, task = checkpoint_utils.load_model_ensemble_and_task(
+            [str(old)], arg_overrides={"data": str(prepared / "bin"), "moe_expert_impl": impl})
+        model = models[0].eval()
+        task.load_dataset("valid")
+        ds = task.dataset("valid")
+        batch = ds.collater([ds[i] for i in range(4)])
+        with torch.no_grad():
+            outs[impl] = model(**batch["net_input"])[0]
+        assert {m.last_impl for m in model.modules() if hasattr(m, "last_impl")} == {impl}
+    torch.testing.assert_close(outs["grouped"], outs["loop"])
 
 
 def test_hub_loading_translates(trained, prepared):

@@ -10,10 +10,16 @@ def test_gpu_check_smoke_runs_every_step(prepared, tmp_path):
     summary = (out / "summary.md").read_text()
     assert p.returncode == 0, summary + p.stdout[-2000:]
     steps = [line.split("|")[1:3] for line in summary.splitlines()[2:]]
-    assert [s.strip() for s, _ in steps] == ["versions", "prepare", "fp16", "bf16", "generate", "ranks", "syncs", "layer"]
+    assert [s.strip() for s, _ in steps] == ["versions", "prepare", "fp16", "bf16-grouped", "bf16-loop", "generate",
+                                             "syncs", "syncs-bf16", "layer-bf16", "layer-fp16", "router", "ranks",
+                                             "model"]
     assert all(status.strip() == "ok" for _, status in steps), summary
-    assert "(= 1 process)" in summary and "difference 5 (target: 4 MoE layers + 1 = 5)" in summary
-    assert " --bf16 " in (out / "bf16" / "command.txt").read_text()
+    assert "(= 1 process)" in summary and "difference 5 (target: 4 of 4 MoE layers on the loop path + 1 = 5)" in summary
+    assert "difference 1 (target: 0 of 4 MoE layers on the loop path + 1 = 1)" in summary  # grouped, bf16
+    for impl in ("grouped", "loop"):
+        cmd = (out / f"bf16-{impl}" / "command.txt").read_text()
+        assert " --bf16 " in cmd and f" --moe-expert-impl {impl} " in cmd
+    assert "grouped/dense" in summary and "sparsemixer/switch" in summary and "moe2" in summary
 
 
 def test_gpu_check_rejects_bad_options(tmp_path):

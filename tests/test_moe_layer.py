@@ -172,3 +172,81 @@ def test_training_step_syncs_once():
         _ = (r.expert_counts, r.entropy, r.non_argmax_frac, r.one_kept_frac)
         (y.sum() + r.balance_loss + r.z_loss).backward()
     assert s.count == 1 and s.ops == {"tolist": 1}, s.ops
+
+
+def _loop_and_grouped(**kw):
+    import copy
+
+    torch.manual_seed(0)
+    loop = MoEFeedForward(8, 16, 5, expert_impl="loop", **kw).train()
+    if loop.omega is not None:
+        nn.init.normal_(loop.omega)
+    grouped = copy.deepcopy(loop)
+    grouped.expert_impl = "grouped"
+    return loop, grouped
+
+
+@pytest.mark.parametrize("router,top_k,kw", [("sparsemixer", 1, {}), ("switch", 1, {}), ("sparsemixer-v2", 2, {}),
+                                             ("sparsemixer", 1, {"gate_scaling": False})])
+@pytest.mark.parametrize("train", [True, False])
+def test_grouped_gemm_equals_loop_outputs_and_every_gradient(router, top_k, kw, train):
+    """The grouped path gives the loop's output and the gradients of the input, the router, the
+    experts and omega, with pads (which ride in the last group and must contribute nothing)."""
+    loop, grouped = _loop_and_grouped(router=router, top_k=top_k, **kw)
+    loop.train(train), grouped.train(train)
+    x = torch.randn(40, 8)
+    pad = torch.rand(40) < 0.2
+    pad[-3:] = True  # pads in the last group's tail, whatever the routes
+    w = torch.randn(40, 8)
+    outs = []
+    for m in (loop, grouped):
+        xi = x.clone().requires_grad_()
+        torch.manual_seed(1)  # the same routes
+        y = m(xi, pad)
+        (y * w).sum().backward()
+        outs.append((y, xi.grad, [p.grad for p in m.parameters()]))
+    assert (loop.last_impl, grouped.last_impl) == ("loop", "grouped")
+    torch.testing.assert_close(outs[1][0], outs[0][0])
+    assert torch.all(outs[1][0][pad] == 0) and torch.all(outs[1][1][pad] == 0)
+    torch.testing.assert_close(outs[1][1], outs[0][1])
+    names = [n for n, _ in loop.named_parameters()]
+    for name, a, b in zip(names, outs[1][2], outs[0][2]):
+        if b is None:
+            assert a is None or torch.all(a == 0), name
+        else:
+            torch.testing.assert_close(a, b, msg=name)
+
+
+def test_grouped_gemm_expert_without_tokens_and_same_state_dict_keys():
+    loop, grouped = _loop_and_grouped()
+    assert list(loop.state_dict()) == list(grouped.state_dict())  # checkpoints load either way
+    forced(loop, expert=0), forced(grouped, expert=0)
+    x = torch.randn(6, 8)
+    x[:, 0] = 1.0
+    torch.testing.assert_close(grouped(x), loop(x))
+    grouped(x).sum().backward()
+    for e in (1, 2, 3, 4):  # no token: zero gradient (in the graph, for DDP), not None
+        assert all(p.grad is not None and torch.all(p.grad == 0) for p in grouped.experts[e].parameters())
+
+
+def test_grouped_gemm_step_makes_no_host_sync():
+    """The offsets stay on the device: no `.tolist()` of the counts (the loop path's one sync)."""
+    from fairseq_sparsemixer.diagnostics.host_syncs import HostSyncs
+
+    _, m = _loop_and_grouped()
+    x = torch.randn(30, 8, requires_grad=True)
+    pad = torch.rand(30) < 0.3
+    with HostSyncs() as s:
+        y = m(x, pad)
+        (y.sum() + m.last.balance_loss + m.last.z_loss).backward()
+    assert s.count == 0, s.ops
+
+
+def test_expert_impl_auto_is_the_loop_on_cpu_and_bad_values_are_refused():
+    m = MoEFeedForward(8, 16, 4)
+    m(torch.randn(5, 8))
+    assert m.expert_impl == "auto" and m.last_impl == "loop"
+    with pytest.raises(ValueError, match="expert_impl 'fast' is unknown; valid: auto, loop, grouped"):
+        MoEFeedForward(8, 16, 4, expert_impl="fast")
+    with pytest.raises(ValueError, match="dropless only"):
+        MoEFeedForward(8, 16, 4, expert_impl="grouped", capacity_factor=1.0)

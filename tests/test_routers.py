@@ -18,9 +18,12 @@ def ref_drop(logits, r):
     return torch.nan_to_num(ratio, nan=0.0) > 2 * r
 
 
+LADDER = ["masked-switch", "masked-switch-argmax"]  # Switch's estimator (c = 1, gate π_D) on the mask
+
+
 def scale_dist(name, is_argmax):
     """[(s, P(s))] of the forward scale for each router (the issue's definition)."""
-    if name == "sparsemixer-1st" or (name in ("sparsemixer", "sparsemixer-inf") and is_argmax):
+    if name in ["sparsemixer-1st"] + LADDER or (name in ("sparsemixer", "sparsemixer-inf") and is_argmax):
         return [(1.0, 1.0)]
     if name in ("sparsemixer", "sparsemixer-2nd"):
         return [(1.0, 0.5), (0.5, 0.5)]
@@ -36,9 +39,9 @@ def dphi(g, a, b):  # φ(g) = ½ (g·a − b)², φ'(g) = a (g·a − b)
 
 
 def expected_grad(name, theta, a, b, r=0.1, mask=True, min_kept=1):
-    """E over D ~ π and the scale of the router's gradient wrt θ, by enumeration:
-    Σ_D π_D Σ_s P(s|D) c φ_D'(s π_D) π_D (e_D − π)."""
-    c = 1.0 if name == "sparsemixer-v2" else 2.0
+    """E over D ~ π (D = argmax for masked-switch-argmax) and the scale of the router's gradient
+    wrt θ, by enumeration: Σ_D P(D) Σ_s P(s|D) c φ_D'(s π_D) π_D (e_D − π)."""
+    c = 1.0 if name in ["sparsemixer-v2"] + LADDER else 2.0
     drop = ref_drop(theta, r) if mask else torch.zeros_like(theta, dtype=torch.bool)
     for j in theta.argsort(descending=True)[:min_kept]:  # the K best are always kept
         drop[j] = False
@@ -51,8 +54,9 @@ def expected_grad(name, theta, a, b, r=0.1, mask=True, min_kept=1):
             continue
         e = torch.zeros(n, dtype=torch.float64)
         e[d] = 1
+        p_d = float(d == top) if name == "masked-switch-argmax" else pi[d]
         for s, ps in scale_dist(name, d == top):
-            g += pi[d] * ps * c * dphi(s * pi[d], a[d], b) * pi[d] * (e - pi)
+            g += p_d * ps * c * dphi(s * pi[d], a[d], b) * pi[d] * (e - pi)
     return g
 
 
@@ -66,7 +70,7 @@ def mc_grad(router, theta, a, b, tokens=200_000):
     return logits.grad.double(), out
 
 
-@pytest.mark.parametrize("name", V1 + ["sparsemixer-v2"])
+@pytest.mark.parametrize("name", V1 + ["sparsemixer-v2"] + LADDER)
 def test_expected_gradient_matches_formula(name):
     torch.manual_seed(0)
     router = build_router(name, embed_dim=4, num_experts=5, jitter_eps=0.1).train()
@@ -115,6 +119,33 @@ def test_v2_top2_expected_gradient():
     mean, se = grads.mean(0), grads.std(0) / math.sqrt(grads.size(0))
     assert torch.all((mean - want).abs() <= 5 * se + 1e-7), (mean, want, se)
     assert torch.all(grads[:, 3] == 0)
+
+
+@pytest.mark.parametrize("name", LADDER)
+def test_masked_switch_is_plain_autograd_of_the_masked_softmax(name):
+    """Per token: gate = π_D of the masked softmax, its gradient plain autograd; D sampled from
+    π (masked-switch) or its argmax (masked-switch-argmax); no omega by default."""
+    from fairseq_sparsemixer.modules import MoEFeedForward
+
+    torch.manual_seed(0)
+    router = build_router(name, embed_dim=4, num_experts=5).train()
+    theta = torch.randn(4000, 5) * 0.3 + 1.0
+    logits = theta.clone().requires_grad_(True)
+    out = router.route(logits)
+    w = torch.randn(4000, 1)
+    (out.gate * w).sum().backward()
+    ref = theta.clone().requires_grad_(True)
+    pi = ref.masked_fill(relative_mask(theta, 0.1), float("-inf")).softmax(-1)
+    gate = pi.gather(-1, out.expert_index)
+    (gate * w).sum().backward()
+    torch.testing.assert_close(out.gate, gate)
+    torch.testing.assert_close(logits.grad, ref.grad)
+    is_argmax = out.expert_index[:, 0] == pi.argmax(-1)
+    if name == "masked-switch-argmax":
+        assert torch.all(is_argmax)
+    else:
+        assert 0.05 < 1 - is_argmax.float().mean() < 0.6  # it samples
+    assert MoEFeedForward(4, 8, 5, router=name).omega is None
 
 
 def test_switch_gradient_is_plain_autograd_of_argmax_prob():

@@ -2,11 +2,13 @@
 torch.cuda.set_sync_debug_mode, and on CPU by the operations that would synchronize on CUDA.
 
     python -m fairseq_sparsemixer.diagnostics.host_syncs --data BIN [--arch base|tiny] [--experts 4]
-        [--device cuda|cpu] [--json OUT]
+        [--device cuda|cpu] [--precision amp-bf16|bf16] [--expert-impl auto|loop|grouped] [--json OUT]
 
 One micro-step (forward, the criterion, backward) of the Switch-Transformer and of fairseq's
 dense Transformer of the same dims on the same batch; prints both counts and their difference,
-which should be one per MoE layer (the split sizes) plus one (the criterion's statistics).
+which should be one per MoE layer that ran the per-expert loop (the split sizes; the grouped
+GEMM path makes none) plus one (the criterion's statistics). --precision (CUDA): amp-bf16 =
+fp32 weights under bf16 autocast (default); bf16 = bf16 weights, as fairseq's --bf16 trains.
 
 On CPU (`HostSyncs`): a value read back (`.item()`, `.tolist()`, `bool(t)`), an output whose
 size depends on the data (nonzero, masked_select, boolean-mask indexing and its backward,
@@ -107,11 +109,11 @@ def build(data, arch_args, device, user_dir):
     return model, crit, batch
 
 
-def micro_step(model, crit, batch):
+def micro_step(model, crit, batch, autocast=True):
     def step():
         model.zero_grad(set_to_none=True)
         with torch.autocast(next(model.parameters()).device.type, dtype=torch.bfloat16,
-                            enabled=next(model.parameters()).is_cuda):
+                            enabled=autocast and next(model.parameters()).is_cuda):
             loss, _, _ = crit(model, batch)
         loss.backward()
     return step
@@ -136,25 +138,34 @@ def main(argv=None):
     p.add_argument("--experts", type=int, default=4)
     p.add_argument("--router", default="sparsemixer")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--precision", choices=["amp-bf16", "bf16"], default="amp-bf16")
+    p.add_argument("--expert-impl", choices=["auto", "loop", "grouped"], default="auto")
     p.add_argument("--json")
     a = p.parse_args(argv)
     device = torch.device(a.device)
     user_dir = Path(__file__).resolve().parents[1]
     moe_arch, dense_args = ARCHS[a.arch]
     res = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-           "torch": torch.__version__, "cuda": torch.version.cuda, "arch": a.arch, "experts": a.experts}
-    for name, args in (("moe", ["--arch", moe_arch, "--moe-experts", str(a.experts), "--moe-router", a.router]),
+           "torch": torch.__version__, "cuda": torch.version.cuda, "arch": a.arch, "experts": a.experts,
+           "precision": a.precision}
+    for name, args in (("moe", ["--arch", moe_arch, "--moe-experts", str(a.experts), "--moe-router", a.router,
+                                "--moe-expert-impl", a.expert_impl]),
                        ("dense", dense_args)):
         model, crit, batch = build(a.data, args, device, user_dir)
-        res[name] = count(micro_step(model, crit, batch), device)
+        if a.precision == "bf16":
+            model = model.bfloat16()
+        res[name] = count(micro_step(model, crit, batch, autocast=a.precision == "amp-bf16"), device)
         if name == "moe":
-            res["moe_layers"] = sum(1 for m in model.modules() if hasattr(m, "router"))
+            from ..modules import moe_layers
+
+            impls = [m.last_impl for m in moe_layers(model)]
+            res["moe_layers"], res["loop_layers"] = len(impls), impls.count("loop")
         del model, crit, batch
     res["difference"] = res["moe"]["syncs"] - res["dense"]["syncs"]
-    res["target"] = res["moe_layers"] + 1
-    print(f"host syncs of one micro-step ({a.arch}, {a.experts} experts, {res['device']}): MoE {res['moe']['syncs']}, "
-          f"dense {res['dense']['syncs']}, difference {res['difference']} (target: {res['moe_layers']} MoE layers + 1 "
-          f"= {res['target']})")
+    res["target"] = res["loop_layers"] + 1
+    print(f"host syncs of one micro-step ({a.arch}, {a.experts} experts, {res['device']}, {a.precision}): MoE "
+          f"{res['moe']['syncs']}, dense {res['dense']['syncs']}, difference {res['difference']} (target: "
+          f"{res['loop_layers']} of {res['moe_layers']} MoE layers on the loop path + 1 = {res['target']})")
     if a.json:
         Path(a.json).write_text(json.dumps(res, indent=2))
     return res

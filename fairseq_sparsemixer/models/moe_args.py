@@ -1,4 +1,5 @@
 """The --moe-* flags: one definition for argparse, hydra configs and validation."""
+from ..modules.moe_layer import EXPERT_IMPLS
 from ..routers import ROUTERS, router_class
 
 # name -> (default, type, help)
@@ -17,6 +18,9 @@ MOE_ARGS = {
                              "(1 = the paper's rule)"),
     "moe_balance_probs": ("masked", str, "beyond the paper: the balance loss from the masked softmax "
                                          "(masked, the authors' code) or the unmasked one (full)"),
+    "moe_expert_impl": ("auto", str, "the experts' matmuls: loop (one pair per expert), grouped "
+                                     "(torch's grouped GEMM, dropless only) or auto (grouped on CUDA "
+                                     "bf16, loop elsewhere; docs/benchmarks.md)"),
     "moe_router_bias": (False, bool, "router logits W x + b, as the authors' released code "
                                      "(nn.Linear default init); default: no bias"),
 }
@@ -61,6 +65,11 @@ def check_moe_args(args):
             "recomputes each layer in the backward, so the balance and z-losses read from the first "
             "(no-grad) forward would carry no gradient; train without them (lower --max-tokens and "
             "raise --update-freq to fit memory)")
+    if args.moe_expert_impl not in EXPERT_IMPLS:
+        raise ValueError(f"--moe-expert-impl {args.moe_expert_impl!r} is invalid; valid: {', '.join(EXPERT_IMPLS)}")
+    if args.moe_expert_impl == "grouped" and args.moe_capacity_factor > 0:
+        raise ValueError("--moe-expert-impl grouped is dropless only; with --moe-capacity-factor > 0 "
+                         "use --moe-expert-impl loop (or auto)")
     if args.moe_balance_probs not in ("masked", "full"):
         raise ValueError(f"--moe-balance-probs {args.moe_balance_probs!r} is invalid; valid: masked, full")
     if not 1 <= args.moe_min_kept <= n:
@@ -76,7 +85,7 @@ def moe_layer_kwargs(args):
     """Keyword arguments of MoEFeedForward from the flags."""
     kw = dict(num_experts=args.moe_experts, router=args.moe_router, jitter_eps=args.moe_jitter_eps,
               top_k=args.moe_top_k, capacity_factor=args.moe_capacity_factor,
-              gate_scaling=not args.moe_no_gate_scaling)
+              gate_scaling=not args.moe_no_gate_scaling, expert_impl=args.moe_expert_impl)
     if args.moe_no_omega:
         kw["omega"] = False
     if args.moe_no_mask:

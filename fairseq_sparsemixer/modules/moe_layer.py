@@ -12,6 +12,20 @@ boolean indexing is needed. The only host-device synchronization of a forward (a
 backward) is the one `.tolist()` of the counts that sizes the split (plus, with a capacity
 limit, the indexing that drops the overflow).
 
+expert_impl="grouped" replaces the per-expert loop by two grouped GEMMs
+(`torch.nn.functional.grouped_mm`; `torch._grouped_mm` in older torch) over the expert weights
+stacked at each call (the parameters and state-dict keys stay per expert):
+
+    offs  = cumsum(count_e)[:N], its last entry set to A   group e = rows offs[e-1] .. offs[e]
+    h     = act(grouped_mm(xs, W1ᵀ, offs) + onehot(e) · B1)       (A, d_ff)
+    ys    = grouped_mm(h, W2ᵀ, offs) + onehot(e) · B2             (A, d)
+
+The pads, sorted last, ride in the last group and are multiplied by 0 before the combine (so
+their gradient is 0 everywhere): the offsets stay on the device and the layer makes no host
+sync at all. The biases enter as a one-hot matmul (no gather, whose backward would scatter).
+"auto" (default) takes the grouped path where it was measured faster than the loop
+(docs/benchmarks.md): see `grouped_by_default`.
+
 Memory is O(A × d); there is never a (tokens × experts × capacity) one-hot. With autograd on,
 every expert is called, on an empty slice if it gets no token, so each expert parameter is
 always in the autograd graph (zero gradient) and DDP never sees an unused parameter.
@@ -24,6 +38,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..routers import build_router, router_class
+
+_grouped_mm = getattr(F, "grouped_mm", None) or getattr(torch, "_grouped_mm", None)
+EXPERT_IMPLS = ("auto", "loop", "grouped")
+
+
+def grouped_by_default(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Where "auto" takes the grouped GEMM: CUDA, bf16 activations and weights (torch's fused
+    kernel; other dtypes and the CPU run torch's own per-group fallback loop)."""
+    return _grouped_mm is not None and x.is_cuda and x.dtype == weight.dtype == torch.bfloat16
 
 _ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu, "silu": F.silu, "swish": F.silu,
                 "tanh": torch.tanh, "linear": lambda x: x}
@@ -65,10 +88,17 @@ class MoEFeedForward(nn.Module):
     def __init__(self, embed_dim: int, ffn_dim: int, num_experts: int, router: str = "sparsemixer",
                  jitter_eps: float = 0.1, activation_fn: str = "relu", activation_dropout: float = 0.0,
                  capacity_factor: float = 0.0, gate_scaling: bool = True, omega: Optional[bool] = None,
-                 top_k: int = 1, **router_options):
+                 top_k: int = 1, expert_impl: str = "auto", **router_options):
         super().__init__()
         if capacity_factor < 0:
             raise ValueError(f"capacity_factor must be >= 0 (0 = dropless), got {capacity_factor}")
+        if expert_impl not in EXPERT_IMPLS:
+            raise ValueError(f"expert_impl {expert_impl!r} is unknown; valid: {', '.join(EXPERT_IMPLS)}")
+        if expert_impl == "grouped" and _grouped_mm is None:
+            raise ValueError(f"expert_impl 'grouped' needs torch.nn.functional.grouped_mm (torch "
+                             f"{torch.__version__} has none); use 'loop'")
+        if expert_impl == "grouped" and capacity_factor > 0:
+            raise ValueError("expert_impl 'grouped' is dropless only; with capacity_factor > 0 use 'loop'")
         if activation_fn not in _ACTIVATIONS:
             raise ValueError(f"unknown activation_fn {activation_fn!r}; valid: {', '.join(_ACTIVATIONS)}")
         self.router = build_router(router, embed_dim=embed_dim, num_experts=num_experts,
@@ -81,8 +111,15 @@ class MoEFeedForward(nn.Module):
         self.num_experts = num_experts
         self.capacity_factor = float(capacity_factor)
         self.gate_scaling = gate_scaling
+        self.expert_impl = expert_impl
         self.last = None
         self.last_dropped = 0
+        self.last_impl = None  # "loop" or "grouped": the path of the last forward
+
+    def uses_grouped(self, x: torch.Tensor) -> bool:
+        if self.expert_impl == "auto":
+            return self.capacity_factor == 0 and grouped_by_default(x, self.experts[0].fc1.weight)
+        return self.expert_impl == "grouped"
 
     def forward(self, x: torch.Tensor, padding_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         shape = x.shape
@@ -100,10 +137,17 @@ class MoEFeedForward(nn.Module):
         order = torch.argsort(expert, stable=True)
         token, expert, gate = token[order], expert[order], gate[order]
         counts = torch.zeros(n + 1, dtype=torch.long, device=x.device)
+        self.last_dropped = 0
+        self.last_impl = "grouped" if self.uses_grouped(x) else "loop"
+        if self.last_impl == "grouped":
+            counts.scatter_add_(0, expert, torch.ones_like(expert))
+            out = x.new_zeros(x.shape).index_add_(0, token, self._grouped(x, token, expert, gate, counts))
+            if self.omega is not None:
+                out = out * self.omega.to(out.dtype)
+            return out.reshape(shape)
         sizes = counts.scatter_add_(0, expert, torch.ones_like(expert)).tolist()[:n]  # the host sync
         routed = sum(sizes)  # non-pad assignments, sorted first
         token, expert, gate = token[:routed], expert[:routed], gate[:routed]
-        self.last_dropped = 0
         if self.capacity_factor > 0:
             token, gate, sizes = self._apply_capacity(token, expert, gate, sizes)
         xs = x[token]  # (A, d), grouped by expert
@@ -118,6 +162,25 @@ class MoEFeedForward(nn.Module):
         if self.omega is not None:
             out = out * self.omega.to(out.dtype)
         return out.reshape(shape)
+
+    def _grouped(self, x, token, expert, gate, counts):
+        """(A, d) gate · f_e(x_token) of every assignment, 0 at pads, by two grouped GEMMs."""
+        n = self.num_experts
+        offs = counts[:n].cumsum(0).to(torch.int32)
+        offs[-1] = token.numel()  # the pads (sorted last) ride in the last group
+        group = expert.clamp(max=n - 1)
+        # (A, N) one-hot for the biases (F.one_hot would read min/max back to check the range)
+        onehot = x.new_zeros(group.numel(), n).scatter_(1, group.unsqueeze(1), 1.0)
+        stack = lambda get: torch.stack([get(e) for e in self.experts])
+        e0 = self.experts[0]
+        h = torch.addmm(_grouped_mm(x[token], stack(lambda e: e.fc1.weight).transpose(1, 2), offs=offs),
+                        onehot, stack(lambda e: e.fc1.bias))
+        h = F.dropout(e0.act(h), p=e0.activation_dropout, training=self.training)
+        ys = torch.addmm(_grouped_mm(h, stack(lambda e: e.fc2.weight).transpose(1, 2), offs=offs),
+                         onehot, stack(lambda e: e.fc2.bias))
+        keep = (expert < n).to(ys.dtype)  # 0 at pads
+        scale = keep * gate.to(ys.dtype) if self.gate_scaling else keep
+        return ys * scale.unsqueeze(-1)
 
     def capacity(self, assignments: int) -> int:
         return math.ceil(self.capacity_factor * assignments / self.num_experts)

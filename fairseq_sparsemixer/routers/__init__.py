@@ -2,13 +2,13 @@
 import inspect
 
 from .base import Router, RouterOutput, gumbel_argmax, relative_mask
-from .sparsemixer import (EstimatorGate, SparseMixerFirstOrder, SparseMixerMonteCarlo,
-                          SparseMixerRouter, SparseMixerSecondOrder, SparseMixerV2Router)
+from .sparsemixer import (EstimatorGate, MaskedSwitchArgmaxRouter, MaskedSwitchRouter, SparseMixerFirstOrder,
+                          SparseMixerMonteCarlo, SparseMixerRouter, SparseMixerSecondOrder, SparseMixerV2Router)
 from .switch import SwitchRouter
 
 ROUTERS = {cls.name: cls for cls in (
     SparseMixerRouter, SwitchRouter, SparseMixerFirstOrder, SparseMixerSecondOrder,
-    SparseMixerMonteCarlo, SparseMixerV2Router)}
+    SparseMixerMonteCarlo, SparseMixerV2Router, MaskedSwitchRouter, MaskedSwitchArgmaxRouter)}
 
 
 def router_class(name: str):

@@ -77,6 +77,7 @@ class SparseMixerRouter(Router):
     default_omega = True
     rule = "midpoint"
     grad_factor = 2.0
+    sample = True  # D ~ π in training (False: D = argmax π, the ladder's sampling rung)
 
     def __init__(self, embed_dim, num_experts, jitter_eps=0.1, top_k=1, bias=False, mask=True,
                  min_kept=1, balance_probs="masked"):
@@ -100,7 +101,7 @@ class SparseMixerRouter(Router):
         if not self.training:
             return best, probs.gather(-1, best), probs
         with torch.no_grad():
-            index = gumbel_argmax(masked.detach())
+            index = gumbel_argmax(masked.detach()) if self.sample else best
             scale = _scale(self.rule, index == best)
         gate = EstimatorGate.apply(logits, probs.detach(), index, scale, self.grad_factor)
         return index, gate, probs
@@ -141,6 +142,26 @@ class SparseMixerMonteCarlo(SparseMixerRouter):
 
     name = "sparsemixer-inf"
     rule = "monte-carlo"
+
+
+class MaskedSwitchRouter(SparseMixerRouter):
+    """Ablation ladder, beyond the paper: SparseMixer's mask and sampling (D ~ π, Gumbel-max)
+    with Switch's estimator: gate π_D and the gradient of plain autograd through π_D,
+    ∂L/∂gate · π_D (e_D − π), i.e. ∇1 only (c = 1, no forward scale), and no omega. It differs
+    from `switch` only by the mask and the sampling (switch: multiplicative noise, argmax, the
+    unmasked softmax), and from `sparsemixer-1st --moe-no-omega` only by the factor 2."""
+
+    name = "masked-switch"
+    default_omega = False
+    rule = "euler"
+    grad_factor = 1.0
+
+
+class MaskedSwitchArgmaxRouter(MaskedSwitchRouter):
+    """Ablation ladder: `masked-switch` with D = argmax π in training too (no sampling, no noise)."""
+
+    name = "masked-switch-argmax"
+    sample = False
 
 
 class SparseMixerV2Router(SparseMixerRouter):
