@@ -14,21 +14,22 @@ limit, the indexing that drops the overflow).
 
 expert_impl="grouped" replaces the per-expert loop by two grouped GEMMs
 (`torch.nn.functional.grouped_mm`; `torch._grouped_mm` in older torch) over the expert weights
-stacked at each call (the parameters and state-dict keys stay per expert):
+stacked at each call (the parameters and state-dict keys stay per expert). The kernels want
+every group to start at a multiple of 16 rows (the weight gradient's jagged reduction reads
+from there), so each expert's rows are padded, without a host sync, into a buffer of static
+size R = ceil16(A) + 16·N:
 
-    offs  = cumsum(count_e)[:N], its last entry set to A   group e = rows offs[e-1] .. offs[e]
-    h     = act(grouped_mm(xs, W1ᵀ, offs) + onehot(e) · B1)       (A, d_ff)
-    ys    = grouped_mm(h, W2ᵀ, offs) + onehot(e) · B2             (A, d)
+    p_e   = ceil16(count_e)                   padded rows of expert e; offs = cumsum(p)[:N], offs[-1] = R
+    row   = start_e + (rank within e)         the buffer row of each routed assignment; pads -> row R-1
+    xs    = zeros(R, d) with xs[row] = x[token]                         (unused rows stay 0)
+    h     = act(grouped_mm(xs, W1ᵀ, offs) + onehot(group) · B1)        (R, d_ff)
+    ys    = (grouped_mm(h, W2ᵀ, offs) + onehot(group) · B2)[row]       (A, d)
 
-The pads, sorted last, ride in the last group and are multiplied by 0 before the combine (so
-their gradient is 0 everywhere): the offsets stay on the device and the layer makes no host
-sync at all. The biases enter as a one-hot matmul (no gather, whose backward would scatter).
-"auto" (default) takes the grouped path where it was measured faster than the loop
-(docs/benchmarks.md): see `grouped_by_default`.
-
-Memory is O(A × d); there is never a (tokens × experts × capacity) one-hot. With autograd on,
-every expert is called, on an empty slice if it gets no token, so each expert parameter is
-always in the autograd graph (zero gradient) and DDP never sees an unused parameter.
+Unused rows are computed from x = 0 and never read, and the pads' row is multiplied by 0, so
+they get zero gradient and add nothing to any parameter's gradient. The offsets stay on the
+device: the layer makes no host sync at all. The biases enter as a one-hot matmul (no gather,
+whose backward would scatter). "auto" (default) takes the grouped path where it was measured
+faster than the loop (docs/benchmarks.md): see `grouped_by_default`.
 """
 import math
 from typing import Optional
@@ -41,6 +42,7 @@ from ..routers import build_router, router_class
 
 _grouped_mm = getattr(F, "grouped_mm", None) or getattr(torch, "_grouped_mm", None)
 EXPERT_IMPLS = ("auto", "loop", "grouped")
+_GROUP_ALIGN = 16  # rows: where each expert's group starts in the grouped GEMM's buffer
 
 
 def grouped_by_default(x: torch.Tensor, weight: torch.Tensor) -> bool:
@@ -164,22 +166,34 @@ class MoEFeedForward(nn.Module):
         return out.reshape(shape)
 
     def _grouped(self, x, token, expert, gate, counts):
-        """(A, d) gate · f_e(x_token) of every assignment, 0 at pads, by two grouped GEMMs."""
-        n = self.num_experts
-        offs = counts[:n].cumsum(0).to(torch.int32)
-        offs[-1] = token.numel()  # the pads (sorted last) ride in the last group
-        group = expert.clamp(max=n - 1)
-        # (A, N) one-hot for the biases (F.one_hot would read min/max back to check the range)
-        onehot = x.new_zeros(group.numel(), n).scatter_(1, group.unsqueeze(1), 1.0)
-        stack = lambda get: torch.stack([get(e) for e in self.experts])
+        """(A, d) gate · f_e(x_token) of every assignment (sorted by expert), 0 at pads, by two
+        grouped GEMMs over a row buffer in which each expert's group starts at a multiple of 16."""
+        n, a, al = self.num_experts, token.numel(), _GROUP_ALIGN
+        rows = -(-a // al) * al + n * al  # R, static: no host sync
+        padded = (counts[:n] + al - 1) // al * al  # (N,)
+        pstart = padded.cumsum(0) - padded  # first row of each group
+        cstart = counts.cumsum(0) - counts  # first sorted position of each expert (pads: slot n)
+        keep = expert < n
+        e = expert.clamp(max=n - 1)
+        rank = torch.arange(a, device=x.device) - cstart[expert]
+        row = torch.where(keep, pstart[e] + rank, rows - 1)  # pads share the last row, never used
+        offs = padded.cumsum(0).to(torch.int32)
+        offs[-1] = rows  # the unused tail rows belong to the last group
+        group = torch.searchsorted(offs, torch.arange(rows, device=x.device, dtype=torch.int32), right=True)
+        group = group.clamp_(max=n - 1)
+        # (R, N) one-hot for the biases (F.one_hot would read min/max back to check the range)
+        onehot = x.new_zeros(rows, n).scatter_(1, group.unsqueeze(1).long(), 1.0)
+        stack = lambda get: torch.stack([get(m) for m in self.experts])
+        xs = x.new_zeros(rows, x.size(1)).index_copy(0, row, x[token])
+        h = torch.addmm(_grouped_mm(xs, stack(lambda m: m.fc1.weight).transpose(1, 2), offs=offs),
+                        onehot, stack(lambda m: m.fc1.bias))
         e0 = self.experts[0]
-        h = torch.addmm(_grouped_mm(x[token], stack(lambda e: e.fc1.weight).transpose(1, 2), offs=offs),
-                        onehot, stack(lambda e: e.fc1.bias))
         h = F.dropout(e0.act(h), p=e0.activation_dropout, training=self.training)
-        ys = torch.addmm(_grouped_mm(h, stack(lambda e: e.fc2.weight).transpose(1, 2), offs=offs),
-                         onehot, stack(lambda e: e.fc2.bias))
-        keep = (expert < n).to(ys.dtype)  # 0 at pads
-        scale = keep * gate.to(ys.dtype) if self.gate_scaling else keep
+        ys = torch.addmm(_grouped_mm(h, stack(lambda m: m.fc2.weight).transpose(1, 2), offs=offs),
+                         onehot, stack(lambda m: m.fc2.bias))[row]
+        scale = keep.to(ys.dtype)  # 0 at pads
+        if self.gate_scaling:
+            scale = scale * gate.to(ys.dtype)
         return ys * scale.unsqueeze(-1)
 
     def capacity(self, assignments: int) -> int:
