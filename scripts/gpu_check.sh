@@ -6,8 +6,9 @@
 #
 # --work: where the training runs (checkpoints) go, default OUT; OUT keeps the logs, the json
 # results and summary.md.
-# Steps (each logged to OUT/<step>.log, and stopped after its time limit; OUT/summary.md says
-# ok/FAILED, seconds and the result):
+# Steps (each logged to OUT/<step>.log, and stopped after its time limit; OUT/summary.md, rewritten
+# after every step, says ok/FAILED, seconds and the result). On the lent machine only a few
+# files come back from a run: pack OUT into one archive (docs/benchmarks.md, "GPU check").
 #   versions      the card, torch, CUDA, fairseq, whether torch has a grouped GEMM
 #   prepare       the bundled sample (scripts/prepare_wmt14.sh --sample), unless already prepared
 #   fp16          switch_transformer_tiny, UPDATES updates through train_wmt14.sh --precision fp16
@@ -78,6 +79,7 @@ step() {
     local r=""; [[ $status == ok ]] && r="$(eval "$result" 2>/dev/null | tr '\n' ' ')"
     [[ $status == ok ]] || { FAILED=1; r="$(tail -n 3 "$OUT/$name.log" | tr '\n|' '  ' | cut -c1-300)"; }
     echo "| $name | $status | $((SECONDS - t0)) | $r |" >> "$OUT/summary.tmp"
+    cp "$OUT/summary.tmp" "$OUT/summary.md"  # readable at once if a later step is cut off
 }
 limited() { timeout -k 10 "$LIMIT" "$@"; }  # LIMIT 0: no limit
 last_valid() {  # the last validation loss of a train_wmt14.sh save dir
@@ -135,7 +137,7 @@ step generate 120 "python -c 'import json; r = json.load(open(\"$WORK/fp16/eval_
     bash scripts/evaluate_wmt14.sh --save-dir "$WORK/fp16" --prep-dir "$PREP" --checkpoint checkpoint_last.pt ${GEN[@]+"${GEN[@]}"}
 syncs() {  # syncs NAME [host_syncs args]: the count, and a failed step unless it meets its target
     local name="$1"; shift
-    step "$name" 150 "tail -n 1 $OUT/$name.log" -- python -m fairseq_sparsemixer.diagnostics.host_syncs --data "$BIN" \
+    step "$name" 150 "grep '^host syncs' $OUT/$name.log" -- python -m fairseq_sparsemixer.diagnostics.host_syncs --data "$BIN" \
         "${SYNC[@]}" --json "$OUT/$name.json" "$@"
     [[ -f "$OUT/$name.json" ]] && python -c "import json,sys; r=json.load(open('$OUT/$name.json')); sys.exit(r['difference'] != r['target'])" \
         || { FAILED=1; sed -i "s/^| $name | ok |/| $name | FAILED (count) |/" "$OUT/summary.tmp"; }

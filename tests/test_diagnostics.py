@@ -238,6 +238,16 @@ def test_paired_statistics_are_the_libraries_tests(tmp_path):
     assert got["difference"] == pytest.approx(want["BLEU"][1].score - want["BLEU"][0].score) and got["difference"] != 0
     md = (tmp_path / "out" / "summary.md").read_text()
     assert "Paired statistics" in md and f"| {sg['candidate']} − {sg['baseline']} | 3 |" in md
+    # the same references at another path are the same references; other references are refused
+    copy = tmp_path / "copy.de"
+    copy.write_text(ref.read_text())
+    ev = runs / "sparsemixer-s1" / "eval_test.json"
+    ev.write_text(ev.read_text().replace(str(ref), str(copy)))
+    assert compare.paired_bleu(*compare.parse_runs([str(runs / "switch-s1"), str(runs / "sparsemixer-s1")]))["p_value"] \
+        == pytest.approx(got["p_value"])
+    copy.write_text(ref.read_text().replace("nummer 1 ", "nummer eins "))
+    with pytest.raises(ValueError, match="different references"):
+        compare.paired_bleu(*compare.parse_runs([str(runs / "switch-s1"), str(runs / "sparsemixer-s1")]))
     assert "| switch | 3 | 200 | 5.100 ± 0.100 | 5.100 ± 0.100 | 0.00 ± 0.00 |" in md  # equal seeds: s.d. 0 shown
 
 

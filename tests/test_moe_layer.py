@@ -243,9 +243,16 @@ def test_grouped_gemm_step_makes_no_host_sync():
 
 
 def test_expert_impl_auto_is_the_loop_on_cpu_and_bad_values_are_refused():
+    from fairseq_sparsemixer.modules.moe_layer import grouped_by_default
+
     m = MoEFeedForward(8, 16, 4)
     m(torch.randn(5, 8))
     assert m.expert_impl == "auto" and m.last_impl == "loop"
+    m.bfloat16()(torch.randn(5, 8, dtype=torch.bfloat16))
+    assert m.last_impl == "loop"  # bf16 on the CPU: not measured faster
+    bf, fp16, fp32 = torch.bfloat16, torch.float16, torch.float32  # where it was measured faster
+    assert grouped_by_default("cuda", bf, bf) and grouped_by_default("cuda", fp16, fp16)
+    assert not any(grouped_by_default(*a) for a in [("cuda", fp32, fp32), ("cpu", bf, bf), ("cuda", bf, fp32)])
     with pytest.raises(ValueError, match="expert_impl 'fast' is unknown; valid: auto, loop, grouped"):
         MoEFeedForward(8, 16, 4, expert_impl="fast")
     with pytest.raises(ValueError, match="dropless only"):

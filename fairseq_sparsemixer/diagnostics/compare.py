@@ -157,12 +157,13 @@ def paired_bleu(base: Run, cand: Run, n_samples: int = 1000) -> Optional[dict]:
     """sacreBLEU's paired bootstrap resampling of two runs' test translations (same references)."""
     if not (base.bleu and cand.bleu and "hypotheses" in base.bleu and "hypotheses" in cand.bleu):
         return None
-    if base.bleu.get("reference") != cand.bleu.get("reference"):
+    refs = _read_lines(base.bleu["reference"])
+    # the same references may sit at two paths (another checkout, a symlinked work dir)
+    if cand.bleu.get("reference") != base.bleu["reference"] and _read_lines(cand.bleu["reference"]) != refs:
         raise ValueError(f"{base.name} and {cand.name} were evaluated against different references")
     from sacrebleu.metrics import BLEU
     from sacrebleu.significance import PairedTest
 
-    refs = _read_lines(base.bleu["reference"])
     systems = [(base.name, _read_lines(base.bleu["hypotheses"])), (cand.name, _read_lines(cand.bleu["hypotheses"]))]
     sigs, scores = PairedTest(systems, {"BLEU": BLEU()}, [refs], test_type="bs", n_samples=n_samples)()
     b, c = scores["BLEU"]

@@ -68,8 +68,9 @@ class HostSyncs(TorchDispatchMode):
         return func(*args, **kwargs)
 
 
-def count_cuda(fn) -> int:
-    """Synchronizing CUDA calls of fn(), as torch.cuda.set_sync_debug_mode("warn") reports them."""
+def count_cuda(fn) -> dict:
+    """Synchronizing CUDA calls of fn(), as torch.cuda.set_sync_debug_mode("warn") reports them:
+    {"syncs": count, "where": {"file:line": count}} (the Python line that made each call)."""
     torch.cuda.synchronize()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -78,7 +79,8 @@ def count_cuda(fn) -> int:
             fn()
         finally:
             torch.cuda.set_sync_debug_mode(0)
-    return sum("synchroniz" in str(w.message) for w in caught)
+    where = Counter(f"{w.filename}:{w.lineno}" for w in caught if "synchroniz" in str(w.message))
+    return dict(syncs=sum(where.values()), where=dict(where.most_common()))
 
 
 ARCHS = {  # name -> (MoE arch, the dense arguments of the same dims)
@@ -122,7 +124,7 @@ def micro_step(model, crit, batch, autocast=True):
 def count(step, device) -> dict:
     step()  # warm-up: first-call work (allocations, lazy init) is not counted
     if device.type == "cuda":
-        return dict(syncs=count_cuda(step))
+        return count_cuda(step)
     with HostSyncs() as s:
         step()
     return dict(syncs=s.count, ops=dict(s.ops))
@@ -166,6 +168,9 @@ def main(argv=None):
     print(f"host syncs of one micro-step ({a.arch}, {a.experts} experts, {res['device']}, {a.precision}): MoE "
           f"{res['moe']['syncs']}, dense {res['dense']['syncs']}, difference {res['difference']} (target: "
           f"{res['loop_layers']} of {res['moe_layers']} MoE layers on the loop path + 1 = {res['target']})")
+    for name in ("moe", "dense"):  # CUDA: where the syncs come from
+        for loc, n in res[name].get("where", {}).items():
+            print(f"  {name}: {n} x {loc}")
     if a.json:
         Path(a.json).write_text(json.dumps(res, indent=2))
     return res

@@ -29,7 +29,7 @@ Unused rows are computed from x = 0 and never read, and the pads' row is multipl
 they get zero gradient and add nothing to any parameter's gradient. The offsets stay on the
 device: the layer makes no host sync at all. The biases enter as a one-hot matmul (no gather,
 whose backward would scatter). "auto" (default) takes the grouped path where it was measured
-faster than the loop (docs/benchmarks.md): see `grouped_by_default`.
+faster than the loop (CUDA, bf16/fp16; docs/benchmarks.md): see `grouped_by_default`.
 """
 import math
 from typing import Optional
@@ -45,10 +45,14 @@ EXPERT_IMPLS = ("auto", "loop", "grouped")
 _GROUP_ALIGN = 16  # rows: where each expert's group starts in the grouped GEMM's buffer
 
 
-def grouped_by_default(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Where "auto" takes the grouped GEMM: CUDA, bf16 activations and weights (torch's fused
-    kernel; other dtypes and the CPU run torch's own per-group fallback loop)."""
-    return _grouped_mm is not None and x.is_cuda and x.dtype == weight.dtype == torch.bfloat16
+def grouped_by_default(device_type: str, x_dtype: torch.dtype, weight_dtype: torch.dtype) -> bool:
+    """Where "auto" takes the grouped GEMM: where it was measured faster than the loop, i.e. on
+    CUDA with bf16 or fp16 activations and weights (H200, torch 2.11: 0.37-0.62x the loop's
+    time in bf16, 0.70-0.94x in fp16, N = 4 and 16, T = 4096 and 16384; docs/benchmarks.md).
+    Not measured faster: fp32 and the CPU (torch's per-group fallback loop there)."""
+    return (_grouped_mm is not None and device_type == "cuda" and x_dtype == weight_dtype
+            and x_dtype in (torch.bfloat16, torch.float16))
+
 
 _ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu, "silu": F.silu, "swish": F.silu,
                 "tanh": torch.tanh, "linear": lambda x: x}
@@ -120,7 +124,8 @@ class MoEFeedForward(nn.Module):
 
     def uses_grouped(self, x: torch.Tensor) -> bool:
         if self.expert_impl == "auto":
-            return self.capacity_factor == 0 and grouped_by_default(x, self.experts[0].fc1.weight)
+            return self.capacity_factor == 0 and grouped_by_default(x.device.type, x.dtype,
+                                                                    self.experts[0].fc1.weight.dtype)
         return self.expert_impl == "grouped"
 
     def forward(self, x: torch.Tensor, padding_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
