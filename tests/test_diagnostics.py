@@ -71,12 +71,14 @@ def independent(layer, x, loss_of, t, r):
     exact = grad(lambda th: sum(pi_of(th)[i] * L(i, pi_of(th)[i]) for i in kept))
     switch = grad(lambda th: L(top, pi_of(th)[top]))
     first = sum(2 * pi[i] * grad(lambda th, i=i: L(i, pi_of(th)[i])) for i in kept)
+    masked = sum(pi[i] * grad(lambda th, i=i: L(i, pi_of(th)[i])) for i in kept)  # D ~ π, plain autograd
     # mid-point: off the argmax, ½ φ'(π) J + ½ φ'(π/2) J, and ∇_θ φ(π(θ)/2) = ½ φ'(π/2) J
     mid = sum(2 * pi[i] * (grad(lambda th, i=i: L(i, pi_of(th)[i])) if i == top else
                            0.5 * grad(lambda th, i=i: L(i, pi_of(th)[i])) +
                            grad(lambda th, i=i: L(i, pi_of(th)[i] / 2)))
               for i in kept)
-    return dict(exact=exact, switch=switch, **{"sparsemixer-1st": first, "sparsemixer": mid}), pi, top
+    return dict(exact=exact, switch=switch, **{"masked-switch": masked, "sparsemixer-1st": first,
+                                               "sparsemixer": mid}), pi, top
 
 
 def test_fidelity_tool_returns_the_independent_exact_gradient_and_estimates():
@@ -119,11 +121,13 @@ def test_fidelity_of_a_later_layer_does_not_depend_on_earlier_forcing():
 def test_fidelity_compare_and_summary_math():
     g = {"exact": torch.tensor([1.0, -1.0, 0.0], dtype=torch.float64),
          "switch": torch.tensor([2.0, -2.0, 0.0], dtype=torch.float64),
+         "masked-switch": torch.tensor([0.5, -0.5, 0.0], dtype=torch.float64),
          "sparsemixer-1st": torch.tensor([-1.0, 1.0, 0.0], dtype=torch.float64),
          "sparsemixer": torch.tensor([1.0, 0.0, -1.0], dtype=torch.float64)}
     c = gf.compare(g)
     assert c["switch"] == pytest.approx(dict(cosine=1.0, rel_error=1.0))
     assert c["sparsemixer-1st"] == pytest.approx(dict(cosine=-1.0, rel_error=2.0))
+    assert c["masked-switch"] == pytest.approx(dict(cosine=1.0, rel_error=0.5))
     assert c["sparsemixer"] == pytest.approx(dict(cosine=0.5, rel_error=1.0))
     s = gf.summarize_layer([dict(c), dict(c)])
     assert s["switch"]["mean_cosine"] == pytest.approx(1.0) and s["sparsemixer_closer_than_switch"] == 0.0

@@ -12,7 +12,11 @@ the expected loss is E(θ) = Σ_i π_i φ_i(π_i) and, with J_i = ∂π_i/∂θ 
 (paper §3, eq. 4-6):
 
     exact             ∇E = Σ_i [φ_i(π_i) + π_i φ_i'(π_i)] J_i              (∇0 + ∇1)
-    switch            φ_{D*}'(π_{D*}) J_{D*}                                (∇1 at the argmax only)
+    switch            φ_{D*}'(π_{D*}) J_{D*}                                (∇1 at the argmax only;
+                      on the router's own π, so for a SparseMixer checkpoint this is also
+                      the ladder's masked-switch-argmax)
+    masked-switch     E_D[φ_D'(π_D) J_D]       = Σ_i π_i φ_i'(π_i) J_i       (∇1 exactly: Switch's
+                      estimator with D ~ π, the ablation ladder's first rung)
     sparsemixer-1st   E_D[2 φ_D'(π_D) J_D]     = Σ_i π_i 2 φ_i'(π_i) J_i     (forward Euler)
     sparsemixer       as -1st, but off the argmax φ_i' is taken at π_i or π_i/2 with
                       probability 1/2 each (mid-point): Σ_i π_i 2 E_s[φ_i'(s π_i)] J_i
@@ -42,7 +46,7 @@ import torch.nn as nn
 from ..modules import MoEFeedForward
 from ._io import save_figure, setup_logging, write_json
 
-ESTIMATORS = ("switch", "sparsemixer-1st", "sparsemixer")
+ESTIMATORS = ("switch", "masked-switch", "sparsemixer-1st", "sparsemixer")
 
 
 class _ForcedRouter(nn.Module):
@@ -103,6 +107,7 @@ def token_gradients(loss_fn: Callable[[], torch.Tensor], layer: MoEFeedForward, 
     return {
         "exact": w((phi - phi0) + pi * dphi) @ jac,
         "switch": dphi[top] * jac[top],
+        "masked-switch": w(pi * dphi) @ jac,
         "sparsemixer-1st": w(pi * 2 * dphi) @ jac,
         "sparsemixer": w(pi * 2 * mid) @ jac,
         "phi": phi, "dphi": dphi, "dphi_half": dphi_half,
