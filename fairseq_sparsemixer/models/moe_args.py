@@ -20,7 +20,8 @@ MOE_ARGS = {
                                          "(masked, the authors' code) or the unmasked one (full)"),
     "moe_expert_impl": ("auto", str, "the experts' matmuls: loop (one pair per expert), grouped "
                                      "(torch's grouped GEMM, dropless only) or auto (grouped on CUDA "
-                                     "bf16, loop elsewhere; docs/benchmarks.md)"),
+                                     "bf16/fp16, where it was measured faster; loop elsewhere; "
+                                     "docs/benchmarks.md)"),
     "moe_router_bias": (False, bool, "router logits W x + b, as the authors' released code "
                                      "(nn.Linear default init); default: no bias"),
 }

@@ -12,6 +12,11 @@ boolean indexing is needed. The only host-device synchronization of a forward (a
 backward) is the one `.tolist()` of the counts that sizes the split (plus, with a capacity
 limit, the indexing that drops the overflow).
 
+Memory is O(A × d); there is never a (tokens × experts × capacity) one-hot. With autograd on,
+every expert is called, on an empty slice if it gets no token, so each expert parameter is
+always in the autograd graph (zero gradient) and DDP never sees an unused parameter (the
+grouped path below stacks every expert's weights, with the same effect).
+
 expert_impl="grouped" replaces the per-expert loop by two grouped GEMMs
 (`torch.nn.functional.grouped_mm`; `torch._grouped_mm` in older torch) over the expert weights
 stacked at each call (the parameters and state-dict keys stay per expert). The kernels want
