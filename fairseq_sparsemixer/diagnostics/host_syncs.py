@@ -23,6 +23,8 @@ from collections import Counter
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from ..modules import moe_layers
+
 _ALWAYS = {"nonzero", "masked_select", "_local_scalar_dense", "bincount", "unique_dim", "_unique",
            "_unique2", "unique_consecutive", "masked_scatter", "masked_scatter_"}
 _BOOL_INDEX = {"index", "index_put", "index_put_", "_index_put_impl_", "_unsafe_index"}
@@ -158,8 +160,6 @@ def main(argv=None):
             model = model.bfloat16()
         res[name] = count(micro_step(model, crit, batch, autocast=a.precision == "amp-bf16"), device)
         if name == "moe":
-            from ..modules import moe_layers
-
             impls = [m.last_impl for m in moe_layers(model)]
             res["moe_layers"], res["loop_layers"] = len(impls), impls.count("loop")
         del model, crit, batch

@@ -1,6 +1,7 @@
 """The --moe-* flags: one definition for argparse, hydra configs and validation."""
 from ..modules.moe_layer import EXPERT_IMPLS
 from ..routers import ROUTERS, router_class
+from ..routers.sparsemixer import BALANCE_PROBS
 
 # name -> (default, type, help)
 MOE_ARGS = {
@@ -71,8 +72,8 @@ def check_moe_args(args):
     if args.moe_expert_impl == "grouped" and args.moe_capacity_factor > 0:
         raise ValueError("--moe-expert-impl grouped is dropless only; with --moe-capacity-factor > 0 "
                          "use --moe-expert-impl loop (or auto)")
-    if args.moe_balance_probs not in ("masked", "full"):
-        raise ValueError(f"--moe-balance-probs {args.moe_balance_probs!r} is invalid; valid: masked, full")
+    if args.moe_balance_probs not in BALANCE_PROBS:
+        raise ValueError(f"--moe-balance-probs {args.moe_balance_probs!r} is invalid; valid: {', '.join(BALANCE_PROBS)}")
     if not 1 <= args.moe_min_kept <= n:
         raise ValueError(f"--moe-min-kept {args.moe_min_kept} is invalid; allowed: 1..{n} (--moe-experts)")
     if args.moe_router == "switch" and (args.moe_min_kept != 1 or args.moe_balance_probs != "masked"):

@@ -148,16 +148,22 @@ class MoEFeedForward(nn.Module):
             expert = expert.masked_fill(pad.repeat_interleave(k), n)
         order = torch.argsort(expert, stable=True)
         token, expert, gate = token[order], expert[order], gate[order]
-        counts = torch.zeros(n + 1, dtype=torch.long, device=x.device)
+        counts = torch.zeros(n + 1, dtype=torch.long, device=x.device).scatter_add_(0, expert, torch.ones_like(expert))
         self.last_dropped = 0
         self.last_impl = "grouped" if self.uses_grouped(x) else "loop"
         if self.last_impl == "grouped":
-            counts.scatter_add_(0, expert, torch.ones_like(expert))
-            out = x.new_zeros(x.shape).index_add_(0, token, self._grouped(x, token, expert, gate, counts))
-            if self.omega is not None:
-                out = out * self.omega.to(out.dtype)
-            return out.reshape(shape)
-        sizes = counts.scatter_add_(0, expert, torch.ones_like(expert)).tolist()[:n]  # the host sync
+            ys = self._grouped(x, token, expert, gate, counts)  # gate-scaled, 0 at pads
+        else:
+            ys, token = self._loop(x, token, expert, gate, counts)
+        out = x.new_zeros(x.shape).index_add_(0, token, ys.to(x.dtype))
+        if self.omega is not None:
+            out = out * self.omega.to(out.dtype)
+        return out.reshape(shape)
+
+    def _loop(self, x, token, expert, gate, counts):
+        """(gate · f_e(x_token) of every routed assignment, its tokens): one matmul pair per
+        expert on the contiguous slice of its tokens, sized by the one host sync."""
+        sizes = counts.tolist()[:self.num_experts]  # the host sync
         routed = sum(sizes)  # non-pad assignments, sorted first
         token, expert, gate = token[:routed], expert[:routed], gate[:routed]
         if self.capacity_factor > 0:
@@ -170,10 +176,7 @@ class MoEFeedForward(nn.Module):
                         for f, chunk in zip(self.experts, xs.split(sizes))])
         if self.gate_scaling:
             ys = ys * gate.unsqueeze(-1).to(ys.dtype)
-        out = x.new_zeros(x.shape).index_add_(0, token, ys.to(x.dtype))
-        if self.omega is not None:
-            out = out * self.omega.to(out.dtype)
-        return out.reshape(shape)
+        return ys, token
 
     def _grouped(self, x, token, expert, gate, counts):
         """(A, d) gate · f_e(x_token) of every assignment (sorted by expert), 0 at pads, by two

@@ -22,6 +22,8 @@ import torch
 
 from .base import Router, gumbel_argmax, relative_mask
 
+BALANCE_PROBS = ("masked", "full")  # the balance loss's P: the masked softmax (default) or the full one
+
 
 class EstimatorGate(torch.autograd.Function):
     """gate = scale · π_D in the forward; ∂/∂θ = c · grad_gate · π_D (e_D − π) in the backward.
@@ -84,7 +86,7 @@ class SparseMixerRouter(Router):
         super().__init__(embed_dim, num_experts, jitter_eps, top_k, bias)
         if not 1 <= min_kept <= num_experts:
             raise ValueError(f"min_kept={min_kept} must be in 1..{num_experts} (the number of experts)")
-        if balance_probs not in ("masked", "full"):
+        if balance_probs not in BALANCE_PROBS:
             raise ValueError(f"balance_probs={balance_probs!r} must be 'masked' or 'full'")
         self.mask = bool(mask)
         self.min_kept = int(min_kept)
