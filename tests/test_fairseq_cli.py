@@ -89,6 +89,7 @@ def test_hydra_train_gives_same_model(prepared, tmp_path):
     (["--moe-min-kept", "5"], "--moe-min-kept 5 is invalid; allowed: 1..4"),
     (["--moe-balance-probs", "dense"], "--moe-balance-probs 'dense' is invalid"),
     (["--moe-router", "switch", "--moe-min-kept", "2"], "do not apply to --moe-router switch"),
+    (["--moe-router", "default-moe", "--moe-no-gate-scaling"], "--moe-no-gate-scaling does not apply to --moe-router default-moe"),
     (["--moe-expert-impl", "fast"], "--moe-expert-impl 'fast' is invalid; valid: auto, loop, grouped"),
     (["--moe-expert-impl", "grouped", "--moe-capacity-factor", "1"], "--moe-expert-impl grouped is dropless only"),
     # fairseq's activation checkpointing would silently drop the aux losses' gradient

@@ -187,7 +187,8 @@ def _loop_and_grouped(**kw):
 
 
 @pytest.mark.parametrize("router,top_k,kw", [("sparsemixer", 1, {}), ("switch", 1, {}), ("sparsemixer-v2", 2, {}),
-                                             ("sparsemixer", 1, {"gate_scaling": False})])
+                                             ("sparsemixer", 1, {"gate_scaling": False}),
+                                             ("default-moe", 1, {}), ("densemixer", 1, {})])
 @pytest.mark.parametrize("train", [True, False])
 def test_grouped_gemm_equals_loop_outputs_and_every_gradient(router, top_k, kw, train):
     """The grouped path gives the loop's output and the gradients of the input, the router, the

@@ -1,7 +1,7 @@
 """The --moe-* flags: one definition for argparse, hydra configs and validation."""
 from ..modules.moe_layer import EXPERT_IMPLS
 from ..routers import ROUTERS, router_class
-from ..routers.sparsemixer import BALANCE_PROBS
+from ..routers.sparsemixer import BALANCE_PROBS, SparseMixerRouter
 
 # name -> (default, type, help)
 MOE_ARGS = {
@@ -76,11 +76,16 @@ def check_moe_args(args):
         raise ValueError(f"--moe-balance-probs {args.moe_balance_probs!r} is invalid; valid: {', '.join(BALANCE_PROBS)}")
     if not 1 <= args.moe_min_kept <= n:
         raise ValueError(f"--moe-min-kept {args.moe_min_kept} is invalid; allowed: 1..{n} (--moe-experts)")
-    if args.moe_router == "switch" and (args.moe_min_kept != 1 or args.moe_balance_probs != "masked"):
-        raise ValueError("--moe-min-kept and --moe-balance-probs do not apply to --moe-router switch "
-                         "(it has no mask)")
-    if args.moe_no_mask and args.moe_router == "switch":
-        raise ValueError("--moe-no-mask does not apply to --moe-router switch (it has no mask)")
+    cls = router_class(args.moe_router)
+    maskless = not issubclass(cls, SparseMixerRouter)
+    if maskless and (args.moe_min_kept != 1 or args.moe_balance_probs != "masked"):
+        raise ValueError(f"--moe-min-kept and --moe-balance-probs do not apply to --moe-router "
+                         f"{args.moe_router} (it has no mask)")
+    if args.moe_no_mask and maskless:
+        raise ValueError(f"--moe-no-mask does not apply to --moe-router {args.moe_router} (it has no mask)")
+    if cls.stand_in is not None and args.moe_no_gate_scaling:
+        raise ValueError(f"--moe-no-gate-scaling does not apply to --moe-router {args.moe_router}: its "
+                         f"router gradient is the dense mixture's through the gate; use --moe-router switch")
 
 
 def moe_layer_kwargs(args):

@@ -152,35 +152,40 @@ class MoEFeedForward(nn.Module):
         self.last_dropped = 0
         self.last_impl = "grouped" if self.uses_grouped(x) else "loop"
         if self.last_impl == "grouped":
-            ys = self._grouped(x, token, expert, gate, counts)  # gate-scaled, 0 at pads
+            ys = self._grouped(x, token, expert, counts)  # f_e(x_token), 0 at pads
         else:
-            ys, token = self._loop(x, token, expert, gate, counts)
+            ys, token, expert, gate = self._loop(x, token, expert, gate, counts)
+        stand_in = None
+        if self.router.stand_in is not None and self.training and torch.is_grad_enabled():
+            stand_in = self._stand_in_term(x, route, pad, ys, expert)
+        if self.gate_scaling:
+            ys = ys * gate.unsqueeze(-1).to(ys.dtype)
         out = x.new_zeros(x.shape).index_add_(0, token, ys.to(x.dtype))
+        if stand_in is not None:
+            out = out + stand_in.to(out.dtype)  # 0 in the forward
         if self.omega is not None:
             out = out * self.omega.to(out.dtype)
         return out.reshape(shape)
 
     def _loop(self, x, token, expert, gate, counts):
-        """(gate · f_e(x_token) of every routed assignment, its tokens): one matmul pair per
-        expert on the contiguous slice of its tokens, sized by the one host sync."""
+        """(f_e(x_token) of every routed assignment, its tokens, experts, gates): one matmul pair
+        per expert on the contiguous slice of its tokens, sized by the one host sync."""
         sizes = counts.tolist()[:self.num_experts]  # the host sync
         routed = sum(sizes)  # non-pad assignments, sorted first
         token, expert, gate = token[:routed], expert[:routed], gate[:routed]
         if self.capacity_factor > 0:
-            token, gate, sizes = self._apply_capacity(token, expert, gate, sizes)
+            token, expert, gate, sizes = self._apply_capacity(token, expert, gate, sizes)
         xs = x[token]  # (A, d), grouped by expert
         # with autograd on, every expert runs (on an empty slice if it got no token) so that each
         # parameter is in the graph (DDP); without it (inference), empty experts are skipped
         run_all = torch.is_grad_enabled()
         ys = torch.cat([f(chunk) if run_all or chunk.size(0) else chunk
                         for f, chunk in zip(self.experts, xs.split(sizes))])
-        if self.gate_scaling:
-            ys = ys * gate.unsqueeze(-1).to(ys.dtype)
-        return ys, token
+        return ys, token, expert, gate
 
-    def _grouped(self, x, token, expert, gate, counts):
-        """(A, d) gate · f_e(x_token) of every assignment (sorted by expert), 0 at pads, by two
-        grouped GEMMs over a row buffer in which each expert's group starts at a multiple of 16."""
+    def _grouped(self, x, token, expert, counts):
+        """(A, d) f_e(x_token) of every assignment (sorted by expert), 0 at pads, by two grouped
+        GEMMs over a row buffer in which each expert's group starts at a multiple of 16."""
         n, a, al = self.num_experts, token.numel(), _GROUP_ALIGN
         rows = -(-a // al) * al + n * al  # R, static: no host sync
         padded = (counts[:n] + al - 1) // al * al  # (N,)
@@ -204,10 +209,32 @@ class MoEFeedForward(nn.Module):
         h = F.dropout(e0.act(h), p=e0.activation_dropout, training=self.training)
         ys = torch.addmm(_grouped_mm(h, stack(lambda m: m.fc2.weight).transpose(1, 2), offs=offs),
                          onehot, stack(lambda m: m.fc2.bias))[row]
-        scale = keep.to(ys.dtype)  # 0 at pads
-        if self.gate_scaling:
-            scale = scale * gate.to(ys.dtype)
-        return ys * scale.unsqueeze(-1)
+        return ys * keep.to(ys.dtype).unsqueeze(-1)  # 0 at pads
+
+    def _stand_in_term(self, x, route, pad, ys, expert):
+        """Σ_{j≠D} (p_j − sg p_j) · sg v_j per token, (T, d) float32: 0 in the forward; in the
+        backward it adds ⟨∂L/∂y, v_j⟩ ∂p_j/∂θ of every expert j the token did not use (pads
+        excluded). v_j = f_j(x) (router stand_in "experts": all experts on all tokens, no
+        gradient) or the router's EMA Ê_j ("ema"), updated first from this batch's routed
+        outputs `ys` (f_e(x_token), assignment experts `expert`; the pad slot N is ignored)."""
+        n, p = self.num_experts, route.probs
+        used = torch.zeros_like(p, dtype=torch.bool).scatter_(1, route.expert_index, True)
+        if pad is not None:
+            used = used | pad.unsqueeze(-1)
+        w = (p - p.detach()).masked_fill(used, 0.0)  # (T, N), value 0
+        if self.router.stand_in == "ema":
+            with torch.no_grad():
+                sums = ys.new_zeros(n + 1, ys.size(-1), dtype=torch.float32).index_add_(0, expert, ys.float())
+                cnt = torch.zeros(n + 1, dtype=torch.long, device=x.device).index_add_(
+                    0, expert, torch.ones_like(expert))
+                self.router.update_defaults(sums[:n], cnt[:n])
+            return w @ self.router.defaults.to(w.dtype)
+        term = torch.zeros(x.size(0), x.size(-1), dtype=torch.float32, device=x.device)
+        for j, f in enumerate(self.experts):
+            with torch.no_grad():
+                v = f(x).float()
+            term = term + w[:, j:j + 1] * v
+        return term
 
     def capacity(self, assignments: int) -> int:
         return math.ceil(self.capacity_factor * assignments / self.num_experts)
@@ -218,4 +245,4 @@ class MoEFeedForward(nn.Module):
         start = torch.tensor([0] + sizes[:-1], device=token.device).cumsum(0)  # first position of each expert
         keep = torch.arange(token.numel(), device=token.device) - start[expert] < cap
         self.last_dropped = token.numel() - sum(kept)
-        return token[keep], gate[keep], kept
+        return token[keep], expert[keep], gate[keep], kept

@@ -4,11 +4,12 @@ import inspect
 from .base import Router, RouterOutput, gumbel_argmax, relative_mask
 from .sparsemixer import (EstimatorGate, MaskedSwitchArgmaxRouter, MaskedSwitchRouter, SparseMixerFirstOrder,
                           SparseMixerMonteCarlo, SparseMixerRouter, SparseMixerSecondOrder, SparseMixerV2Router)
-from .switch import SwitchRouter
+from .switch import DefaultMoERouter, DenseMixerRouter, SwitchRouter
 
 ROUTERS = {cls.name: cls for cls in (
     SparseMixerRouter, SwitchRouter, SparseMixerFirstOrder, SparseMixerSecondOrder,
-    SparseMixerMonteCarlo, SparseMixerV2Router, MaskedSwitchRouter, MaskedSwitchArgmaxRouter)}
+    SparseMixerMonteCarlo, SparseMixerV2Router, MaskedSwitchRouter, MaskedSwitchArgmaxRouter,
+    DenseMixerRouter, DefaultMoERouter)}
 
 
 def router_class(name: str):

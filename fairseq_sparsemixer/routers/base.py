@@ -121,6 +121,9 @@ class Router(nn.Module):
     default_omega = False
     #: the largest top_k the router supports
     max_top_k = 1
+    #: None, or the stand-in outputs of the experts a token did not use, whose terms the MoE
+    #: layer adds to the router's gradient: "experts" (run them all) or "ema" (routers/switch.py)
+    stand_in = None
 
     def __init__(self, embed_dim: int, num_experts: int, jitter_eps: float = 0.1, top_k: int = 1,
                  bias: bool = False):
