@@ -77,8 +77,19 @@ def independent(layer, x, loss_of, t, r):
                            0.5 * grad(lambda th, i=i: L(i, pi_of(th)[i])) +
                            grad(lambda th, i=i: L(i, pi_of(th)[i] / 2)))
               for i in kept)
-    return dict(exact=exact, switch=switch, **{"masked-switch": masked, "sparsemixer-1st": first,
-                                               "sparsemixer": mid}), pi, top
+    # the dense-mixture estimates: ⟨G, ω ⊙ v_i⟩ J_i with G = ∂L/∂y_t at the unforced output
+    yb = base.clone().requires_grad_(True)
+    (G,) = torch.autograd.grad(loss_of(yb), yb)
+    G = G[t] * layer.omega.detach()
+    J = torch.diag(pi) - torch.outer(pi, pi)
+    f = [layer.experts[i](x[t:t + 1])[0].detach() for i in range(3)]
+    tops = [int(pi_of(theta_all[s]).argmax()) for s in range(x.size(0))]
+    mean = [torch.stack([layer.experts[i](x[s:s + 1])[0] for s in range(x.size(0)) if tops[s] == i]).mean(0).detach()
+            if i in tops else torch.zeros(3, dtype=torch.float64) for i in range(3)]
+    dense = sum((G @ f[i]) * J[i] for i in kept)
+    default = sum((G @ (f[i] if i == top else mean[i])) * J[i] for i in kept)
+    return dict(exact=exact, switch=switch, densemixer=dense, **{
+        "masked-switch": masked, "sparsemixer-1st": first, "sparsemixer": mid, "default-moe": default}), pi, top
 
 
 def test_fidelity_tool_returns_the_independent_exact_gradient_and_estimates():
@@ -118,17 +129,44 @@ def test_fidelity_of_a_later_layer_does_not_depend_on_earlier_forcing():
     assert all(r["kept"] >= 2 for r in fresh)
 
 
+def test_fidelity_default_moe_uses_the_checkpoints_ema_and_batch_means_otherwise():
+    torch.manual_seed(0)
+    x = torch.randn(12, 4, dtype=torch.float64)
+    pad = torch.zeros(12, dtype=torch.bool)
+    pad[-2:] = True
+    for router in ("default-moe", "switch"):
+        layer = MoEFeedForward(4, 8, 3, router=router).double().eval()
+        if router == "default-moe":
+            layer.router.defaults.copy_(torch.randn(3, 4))
+        loss_fn = lambda: layer(x, pad).pow(2).sum()
+        route = gf.unforced_route(loss_fn, layer)
+        got = gf.stand_in_inputs(loss_fn, layer, route)
+        torch.testing.assert_close(got["g"], 2 * layer(x, pad).detach())  # ∂(Σ y²)/∂y, no omega
+        if router == "default-moe":
+            torch.testing.assert_close(got["defaults"], layer.router.defaults)
+        else:
+            first = route.expert_index[:, 0]
+            for i in range(3):
+                rows = [t for t in range(10) if first[t] == i]  # the pads are left out
+                want = layer.experts[i](x[rows]).mean(0) if rows else torch.zeros(4, dtype=torch.float64)
+                torch.testing.assert_close(got["defaults"][i], want.detach())
+
+
 def test_fidelity_compare_and_summary_math():
     g = {"exact": torch.tensor([1.0, -1.0, 0.0], dtype=torch.float64),
          "switch": torch.tensor([2.0, -2.0, 0.0], dtype=torch.float64),
          "masked-switch": torch.tensor([0.5, -0.5, 0.0], dtype=torch.float64),
          "sparsemixer-1st": torch.tensor([-1.0, 1.0, 0.0], dtype=torch.float64),
-         "sparsemixer": torch.tensor([1.0, 0.0, -1.0], dtype=torch.float64)}
+         "sparsemixer": torch.tensor([1.0, 0.0, -1.0], dtype=torch.float64),
+         "densemixer": torch.tensor([0.0, 0.0, 0.0], dtype=torch.float64),
+         "default-moe": torch.tensor([-1.0, 1.0, 0.0], dtype=torch.float64)}
     c = gf.compare(g)
     assert c["switch"] == pytest.approx(dict(cosine=1.0, rel_error=1.0))
     assert c["sparsemixer-1st"] == pytest.approx(dict(cosine=-1.0, rel_error=2.0))
     assert c["masked-switch"] == pytest.approx(dict(cosine=1.0, rel_error=0.5))
     assert c["sparsemixer"] == pytest.approx(dict(cosine=0.5, rel_error=1.0))
+    assert c["densemixer"] == pytest.approx(dict(cosine=0.0, rel_error=1.0))
+    assert c["default-moe"] == pytest.approx(dict(cosine=-1.0, rel_error=2.0))
     s = gf.summarize_layer([dict(c), dict(c)])
     assert s["switch"]["mean_cosine"] == pytest.approx(1.0) and s["sparsemixer_closer_than_switch"] == 0.0
 

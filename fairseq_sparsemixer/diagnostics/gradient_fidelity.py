@@ -20,10 +20,16 @@ the expected loss is E(θ) = Σ_i π_i φ_i(π_i) and, with J_i = ∂π_i/∂θ 
     sparsemixer-1st   E_D[2 φ_D'(π_D) J_D]     = Σ_i π_i 2 φ_i'(π_i) J_i     (forward Euler)
     sparsemixer       as -1st, but off the argmax φ_i' is taken at π_i or π_i/2 with
                       probability 1/2 each (mid-point): Σ_i π_i 2 E_s[φ_i'(s π_i)] J_i
+    densemixer        Σ_i ⟨G, ω ⊙ f_i(x_t)⟩ J_i    (the dense mixture's gradient linearized at
+                      the token's output: G = ∂L/∂y_t of the unforced forward; D = D*)
+    default-moe       as densemixer with f_i(x_t) replaced, for i ≠ D*, by Ê_i: the router's
+                      EMA buffer (a default-moe checkpoint), else the mean of f_i over this
+                      batch's tokens routed to i at this layer (what the EMA tracks)
 
 φ_i(π_i), φ_i'(π_i) and φ_i'(π_i/2) are measured by running the model with the token forced
 (`forced_route`), one forward + backward per (expert, gate), 2K − 1 in all for K kept experts.
-The expectations over D and the coin are taken exactly, not sampled.
+The expectations over D and the coin are taken exactly, not sampled. G comes from one more
+forward + backward per layer (`stand_in_inputs`); at i = D*, ⟨G, ω ⊙ f_i⟩ = φ_{D*}'(π_{D*}).
 
     python -m fairseq_sparsemixer.diagnostics.gradient_fidelity --path CKPT --data BIN
         [--subset valid] [--sentences 8] [--tokens 32] [--out DIR]
@@ -46,7 +52,7 @@ import torch.nn as nn
 from ..modules import MoEFeedForward
 from ._io import save_figure, setup_logging, write_json
 
-ESTIMATORS = ("switch", "masked-switch", "sparsemixer-1st", "sparsemixer")
+ESTIMATORS = ("switch", "masked-switch", "sparsemixer-1st", "sparsemixer", "densemixer", "default-moe")
 
 
 class _ForcedRouter(nn.Module):
@@ -55,6 +61,8 @@ class _ForcedRouter(nn.Module):
     def __init__(self, router, token: int, expert: int, gate: torch.Tensor):
         super().__init__()
         self.inner, self.token, self.expert, self.gate = router, token, expert, gate
+
+    stand_in = property(lambda self: self.inner.stand_in)
 
     def forward(self, x, padding_mask=None):
         out = self.inner(x, padding_mask)
@@ -76,15 +84,49 @@ def forced_route(layer: MoEFeedForward, token: int, expert: int, gate: torch.Ten
         layer.router = router
 
 
+def stand_in_inputs(loss_fn, layer: MoEFeedForward, route) -> dict:
+    """What the densemixer and default-moe estimates need at `layer`, from one unforced forward
+    + backward: x (T, d) the layer's flattened input, g (T, d) = ω ⊙ ∂L/∂y (y the layer's
+    output), and defaults (N, d): the router's EMA if it keeps one, else the mean of f_i over the
+    non-pad tokens that `route` (the unforced routing) sends to i (0 for an expert with none)."""
+    seen = {}
+
+    def hook(module, args, out):
+        seen["x"] = args[0].detach().reshape(-1, args[0].size(-1))
+        seen["y"] = out.detach().requires_grad_(True)
+        return seen["y"]
+
+    handle = layer.register_forward_hook(hook)
+    try:
+        with torch.enable_grad():
+            (g,) = torch.autograd.grad(loss_fn(), seen["y"])
+    finally:
+        handle.remove()
+    x, g = seen["x"], g.reshape(-1, g.size(-1))
+    if layer.omega is not None:
+        g = g * layer.omega
+    defaults = getattr(layer.router, "defaults", None)
+    if defaults is None:
+        first = route.expert_index[:, 0]
+        real = torch.ones_like(first, dtype=torch.bool) if route.padding_mask is None else ~route.padding_mask
+        with torch.no_grad():
+            defaults = torch.stack([f(x[(first == i) & real]).mean(0) if bool(((first == i) & real).any())
+                                    else x.new_zeros(x.size(-1)) for i, f in enumerate(layer.experts)])
+    return dict(x=x, g=g, defaults=defaults.detach().to(x.dtype))
+
+
 def token_gradients(loss_fn: Callable[[], torch.Tensor], layer: MoEFeedForward, token: int,
-                    probs: torch.Tensor, top: int) -> Dict[str, torch.Tensor]:
+                    probs: torch.Tensor, top: int, stand_in: dict = None) -> Dict[str, torch.Tensor]:
     """The exact gradient wrt the token's router logits and the expected estimates (module doc).
 
     loss_fn() runs the model's forward (eval mode) and returns the scalar loss; `probs` (N,) is
-    the token's π and `top` its argmax expert, from an unforced forward. Returns float64 (N,)
-    tensors keyed 'exact' and ESTIMATORS, and 'phi', 'dphi', 'dphi_half' (NaN where unused)."""
+    the token's π and `top` its argmax expert, from an unforced forward; `stand_in`: the
+    layer's `stand_in_inputs` (taken here if not given). Returns float64 (N,) tensors keyed
+    'exact' and ESTIMATORS, and 'phi', 'dphi', 'dphi_half' (NaN where unused)."""
     if layer.router.top_k != 1:
         raise ValueError("gradient fidelity is defined for top-1 routers")
+    if stand_in is None:
+        stand_in = stand_in_inputs(loss_fn, layer, unforced_route(loss_fn, layer))
     pi = probs.detach().double().cpu()
     n = pi.numel()
     phi, dphi, dphi_half = (torch.full((n,), math.nan, dtype=torch.float64) for _ in range(3))
@@ -104,12 +146,19 @@ def token_gradients(loss_fn: Callable[[], torch.Tensor], layer: MoEFeedForward, 
     mid = torch.where(torch.arange(n) == top, dphi, 0.5 * (dphi + dphi_half))
     w = lambda v: torch.where(kept, v, torch.zeros_like(v))  # masked experts: π_i = 0, no term
     phi0 = phi[top]  # Σ_i J_i = 0: subtracting a constant from φ changes nothing but rounding
+    with torch.no_grad():
+        v = torch.stack([f(stand_in["x"][token:token + 1])[0] for f in layer.experts])  # f_i(x_t)
+        v_default = torch.where(torch.arange(n).unsqueeze(-1) == top, v, stand_in["defaults"])
+        g = stand_in["g"][token]
+        dense, default = ((vv @ g).double().cpu() for vv in (v, v_default))  # ⟨G, ω ⊙ v_i⟩
     return {
         "exact": w((phi - phi0) + pi * dphi) @ jac,
         "switch": dphi[top] * jac[top],
         "masked-switch": w(pi * dphi) @ jac,
         "sparsemixer-1st": w(pi * 2 * dphi) @ jac,
         "sparsemixer": w(pi * 2 * mid) @ jac,
+        "densemixer": w(dense) @ jac,
+        "default-moe": w(default) @ jac,
         "phi": phi, "dphi": dphi, "dphi_half": dphi_half,
     }
 
@@ -138,10 +187,11 @@ def layer_fidelity(loss_fn, layer: MoEFeedForward, tokens: List[int], route=None
     """token_gradients + compare for `tokens` (flat indices) of `layer`; `route`: its
     unforced_route (taken here if not given)."""
     route = route if route is not None else unforced_route(loss_fn, layer)
+    stand_in = stand_in_inputs(loss_fn, layer, route)
     recs = []
     for t in tokens:
         probs, top = route.probs[t], int(route.expert_index[t, 0])
-        g = token_gradients(loss_fn, layer, t, probs, top)
+        g = token_gradients(loss_fn, layer, t, probs, top, stand_in)
         recs.append(dict(token=t, kept=int((probs > 0).sum()), pi_top=float(probs[top]),
                          exact_norm=float(g["exact"].norm()), **compare(g)))
     return recs
