@@ -7,7 +7,7 @@
 #
 #   bash scripts/compare_routers.sh [--prep-dir DIR | --data BIN] [--out DIR]
 #        [--routers "dense switch sparsemixer"] [--seeds "1 2 3"] [--experts 4]
-#        [--max-update 1200] [--validate-interval 50] [--recipe cpu-tiny] [--no-bleu]
+#        [--max-update 1200] [--validate-interval 50] [--recipe cpu-tiny] [--threads 1] [--no-bleu]
 #        [-- extra fairseq-train args, the same for every run]
 #   bash scripts/compare_routers.sh --from-logs DIR [--out DIR]     summarize existing runs only
 #
@@ -17,6 +17,10 @@
 # Runs go to OUT/runs/<router>-s<seed>/ (default OUT: work/compare-e<experts>), each through
 # scripts/train_wmt14.sh; "dense" is fairseq's transformer of the same dims. Rerunning the
 # same command skips finished runs and evaluations and resumes an interrupted one.
+# --threads N: CPU threads per run (OMP_NUM_THREADS and MKL_NUM_THREADS, default 1). CPU
+#   training is bit-reproducible only at a fixed thread count, so every run that is compared
+#   uses the same one; it is recorded in each run's command.txt and in the summary. Two
+#   comparisons side by side at one thread each run about as fast as one alone on 2 cores.
 # --from-logs DIR summarizes DIR/runs/*/ (or DIR/*/) whose names are <label>-s<seed> and
 # which hold a fairseq json log train.log; for logs laid out otherwise call
 #   python -m fairseq_sparsemixer.diagnostics.compare LABEL=PATH ... --out DIR
@@ -25,7 +29,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 die() { echo "compare_routers.sh: error: $*" >&2; exit 1; }
 log() { echo "compare_routers.sh: $*"; }
 PREP="" DATA="" OUT="" ROUTERS="dense switch sparsemixer" SEEDS="1 2 3" EXPERTS=4 MAXUPD=1200
-VALINT=50 RECIPE=cpu-tiny BLEU=1 FROM="" EXTRA=()
+VALINT=50 RECIPE=cpu-tiny BLEU=1 FROM="" THREADS=1 EXTRA=()
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --prep-dir) PREP="${2:?}"; shift 2 ;;
@@ -37,10 +41,11 @@ while [[ $# -gt 0 ]]; do
         --max-update) MAXUPD="${2:?}"; shift 2 ;;
         --validate-interval) VALINT="${2:?}"; shift 2 ;;
         --recipe) RECIPE="${2:?}"; shift 2 ;;
+        --threads) THREADS="${2:?}"; shift 2 ;;
         --no-bleu) BLEU=0; shift ;;
         --from-logs) FROM="${2:?}"; shift 2 ;;
         --) shift; EXTRA=("$@"); break ;;
-        -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
         *) die "unknown option $1 (see --help)" ;;
     esac
 done
@@ -66,6 +71,8 @@ fi
 [[ "$EXPERTS" =~ ^[1-9][0-9]*$ ]] || die "--experts must be >= 1, got '$EXPERTS'"
 [[ "$MAXUPD" =~ ^[1-9][0-9]*$ ]] || die "--max-update must be >= 1, got '$MAXUPD'"
 [[ "$VALINT" =~ ^[1-9][0-9]*$ ]] || die "--validate-interval must be >= 1, got '$VALINT'"
+[[ "$THREADS" =~ ^[1-9][0-9]*$ ]] || die "--threads must be >= 1, got '$THREADS'"
+export OMP_NUM_THREADS="$THREADS" MKL_NUM_THREADS="$THREADS"
 read -r -a SEED_LIST <<< "$SEEDS"
 read -r -a ROUTER_LIST <<< "$ROUTERS"
 [[ ${#SEED_LIST[@]} -ge 1 && ${#ROUTER_LIST[@]} -ge 1 ]] || die "--routers and --seeds must not be empty"
@@ -93,7 +100,7 @@ for seed in "${SEED_LIST[@]}"; do  # seed-major: a partial comparison already ha
     for r in "${ROUTER_LIST[@]}"; do
         name="$r-s$seed" save="$OUT/runs/$r-s$seed"
         RUNS+=("$save")
-        want="updates=$MAXUPD experts=$EXPERTS recipe=$RECIPE valint=$VALINT extra=${EXTRA[*]:-}"
+        want="updates=$MAXUPD experts=$EXPERTS recipe=$RECIPE valint=$VALINT threads=$THREADS extra=${EXTRA[*]:-}"
         if [[ "$(cat "$save/.trained" 2>/dev/null)" != "$want" ]]; then
             rm -f "$save/.trained" "$save/eval_test.json"
             log "training $name ($want)"

@@ -135,6 +135,7 @@ CMD=(fairseq-train "$DATA" --user-dir "$ROOT/fairseq_sparsemixer" "${MODEL[@]}"
 python -c 'import sys; from fairseq import options; options.parse_args_and_arch(options.get_training_parser(), sys.argv[1:])' \
     "${CMD[@]:1}" || die "fairseq-train rejected the arguments (message above)"
 mkdir -p "$SAVE"
-{ printf '%q ' "${CMD[@]}"; echo; echo "# $BATCH_NOTE"; } > "$SAVE/command.txt"
+THREADS_NOTE="torch threads $(python -c 'import torch; print(torch.get_num_threads())' 2>/dev/null || echo '?') (OMP_NUM_THREADS=${OMP_NUM_THREADS:-unset})"
+{ printf '%q ' "${CMD[@]}"; echo; echo "# $BATCH_NOTE"; echo "# $THREADS_NOTE"; } > "$SAVE/command.txt"
 echo "train_wmt14.sh: $NAME $ARCH on $DATA -> $SAVE ($NGPU GPU(s); $BATCH_NOTE)"
 exec "${CMD[@]}"
