@@ -409,12 +409,18 @@ def _run(cmd, env=None):
 
 
 def train_wps(log_path):
+    """Median words/s of the train_inner records after the first (its timer includes start-up),
+    overall and per epoch: {"all": wps, "epochs": {epoch: wps}}."""
     from fairseq_sparsemixer.diagnostics.logs import read_train_log
 
-    wps = [r["wps"] for r in read_train_log(log_path).inner if "wps" in r]
-    if len(wps) < 2:
+    recs = [r for r in read_train_log(log_path).inner if "wps" in r][1:]
+    if not recs:
         raise SystemExit(f"benchmark: error: too few train_inner records in {log_path}; raise --updates")
-    return statistics.median(wps[1:])
+    epochs = {}
+    for r in recs:
+        epochs.setdefault(int(r.get("epoch", 1)), []).append(float(r["wps"]))
+    return {"all": statistics.median(float(r["wps"]) for r in recs),
+            "epochs": {e: statistics.median(v) for e, v in sorted(epochs.items())}}
 
 
 _TRANSLATED = re.compile(r"Translated ([\d,]+) sentences \(([\d,]+) tokens\) in ([\d.]+)s "
@@ -437,11 +443,15 @@ def generate_speed(save, prep, length, quick=False):
 
 
 def suite_model(a, device, dtype):
+    """fairseq-train words/s through train_wmt14.sh for dense and MoE (sparsemixer, N experts), per
+    --model-precision and --model-attention (the criterion's --attention-backend), interleaved
+    runs, the median over runs; each ratio is to dense at the same precision and attention.
+    words/s of the first epoch (plans and caches still being built) and of the later ones apart."""
     prep = Path(a.prep_dir)
     if not (prep / "bin" / "dict.en.txt").is_file():
         _run(["bash", ROOT / "scripts/prepare_wmt14.sh", "--sample", "--out", prep])
     kinds = ["dense"] + [f"moe{n}" for n in a.model_experts]
-    dims = ["--", "--log-interval", str(a.log_interval), "--disable-validation", "--no-epoch-checkpoints",
+    dims = ["--log-interval", str(a.log_interval), "--disable-validation", "--no-epoch-checkpoints",
             "--no-progress-bar"]
     if a.no_generate:
         dims += ["--no-save"]
@@ -450,37 +460,56 @@ def suite_model(a, device, dtype):
     if a.quick:
         dims += ["--encoder-embed-dim", "32", "--decoder-embed-dim", "32", "--encoder-ffn-embed-dim", "64",
                  "--decoder-ffn-embed-dim", "64", "--max-tokens", "512"]
-    wps = {k: [] for k in kinds}
-    gen = {k: [] for k in kinds}
+    precisions = a.model_precision or [None]  # None: train_wmt14.sh's default (fp16 on GPU, fp32 on CPU)
+    configs = [(k, pr, att) for pr in precisions for att in a.model_attention for k in kinds]
+    wps = {c: [] for c in configs}
+    gen = {c: [] for c in configs}
     print(f"\n[model] fairseq-train wps and fairseq-generate speed, ratio to dense ({a.model_repeats} "
           f"interleaved runs of {a.updates} updates each, recipe {a.model_recipe})")
     with tempfile.TemporaryDirectory(prefix="bench-model-") as tmp:
         for rep in range(a.model_repeats):
-            for k in kinds:
-                save = Path(tmp) / f"{k}-{rep}"
+            for c in configs:
+                k, pr, att = c
+                save = Path(tmp) / f"{k}-{pr}-{att}-{rep}"
                 kind = ["--dense"] if k == "dense" else ["--router", "sparsemixer", "--experts", k[3:]]
-                _run(["bash", ROOT / "scripts/train_wmt14.sh", "--recipe", a.model_recipe, *kind, "--data", prep / "bin",
-                      "--save-dir", save, "--max-update", str(a.updates), *dims],
+                prec = ["--precision", pr] if pr else []
+                _run(["bash", ROOT / "scripts/train_wmt14.sh", "--recipe", a.model_recipe, *kind, *prec,
+                      "--data", prep / "bin", "--save-dir", save, "--max-update", str(a.updates), "--",
+                      *dims, "--attention-backend", att],
                      env={"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})
-                wps[k].append(train_wps(save / "train.log"))
+                wps[c].append(train_wps(save / "train.log"))
                 if not a.no_generate:
-                    gen[k].append(generate_speed(save, prep, a.gen_length, quick=a.quick))
-                print(f"  run {rep + 1} {k:>6}: train {wps[k][-1]:.0f} words/s" + ("" if a.no_generate else
-                      f", generate {gen[k][-1][0]:.2f} sentences/s ({gen[k][-1][1]:.0f} tokens/s)"), flush=True)
-    med = lambda xs: statistics.median(xs)
+                    gen[c].append(generate_speed(save, prep, a.gen_length, quick=a.quick))
+                w = wps[c][-1]
+                print(f"  run {rep + 1} {k:>6} {pr or 'default'} attention {att}: train {w['all']:.0f} words/s "
+                      f"(per epoch: {', '.join(f'{e}: {v:.0f}' for e, v in w['epochs'].items())})"
+                      + ("" if a.no_generate else
+                         f", generate {gen[c][-1][0]:.2f} sentences/s ({gen[c][-1][1]:.0f} tokens/s)"), flush=True)
+    med = statistics.median
     rows = []
-    for k in kinds:
-        row = {"model": k, "train_wps": round(med(wps[k]), 1),
-               "train_over_dense": round(med(wps[k]) / med(wps["dense"]), 3), "train_wps_runs": wps[k]}
+    for c in configs:
+        k, pr, att = c
+        dense = med(w["all"] for w in wps[("dense", pr, att)])
+        first = [w["epochs"][min(w["epochs"])] for w in wps[c]]
+        later = [v for w in wps[c] for e, v in w["epochs"].items() if e > min(w["epochs"])]
+        row = {"model": k, "precision": pr or "default", "attention": att,
+               "train_wps": round(med(w["all"] for w in wps[c]), 1),
+               "train_over_dense": round(med(w["all"] for w in wps[c]) / dense, 3),
+               "train_wps_first_epoch": round(med(first), 1),
+               "train_wps_later_epochs": round(med(later), 1) if later else None,
+               "train_wps_runs": [w["all"] for w in wps[c]]}
         if not a.no_generate:
-            row.update(gen_sentences_per_s=round(med(g[0] for g in gen[k]), 2),
-                       gen_tokens_per_s=round(med(g[1] for g in gen[k]), 1),
-                       gen_over_dense=round(med(g[0] for g in gen[k]) / med(g[0] for g in gen["dense"]), 3))
+            g0 = [g[0] for g in gen[("dense", pr, att)]]
+            row.update(gen_sentences_per_s=round(med(g[0] for g in gen[c]), 2),
+                       gen_tokens_per_s=round(med(g[1] for g in gen[c]), 1),
+                       gen_over_dense=round(med(g[0] for g in gen[c]) / med(g0), 3))
         rows.append(row)
-    print(f"{'model':>6} {'train wps':>10} {'train/dense':>12}" + ("" if a.no_generate else
-          f" {'gen sent/s':>11} {'gen/dense':>10}"))
+    print(f"{'model':>6} {'precision':>9} {'attention':>9} {'train wps':>10} {'train/dense':>12} {'epoch 1':>9} "
+          f"{'later':>9}" + ("" if a.no_generate else f" {'gen sent/s':>11} {'gen/dense':>10}"))
     for r in rows:
-        print(f"{r['model']:>6} {r['train_wps']:>10.0f} {r['train_over_dense']:>12.3f}" + ("" if a.no_generate else
+        later = f"{r['train_wps_later_epochs']:.0f}" if r["train_wps_later_epochs"] else "-"
+        print(f"{r['model']:>6} {r['precision']:>9} {r['attention']:>9} {r['train_wps']:>10.0f} "
+              f"{r['train_over_dense']:>12.3f} {r['train_wps_first_epoch']:>9.0f} {later:>9}" + ("" if a.no_generate else
               f" {r['gen_sentences_per_s']:>11.2f} {r['gen_over_dense']:>10.3f}"))
     return rows
 
@@ -520,6 +549,10 @@ def main(argv=None):
     g.add_argument("--model-recipe", default="cpu-tiny", choices=["cpu-tiny", "paper"],
                    help="cpu-tiny: switch_transformer_tiny; paper: the wmt_en_de dims, 8192 tokens per update")
     g.add_argument("--no-generate", action="store_true", help="training speed only")
+    g.add_argument("--model-precision", nargs="+", choices=["fp16", "bf16", "fp32"],
+                   help="train_wmt14.sh --precision values to run (default: its own default)")
+    g.add_argument("--model-attention", nargs="+", default=["auto"], choices=["auto", "torch"],
+                   help="--attention-backend values to run (auto: cuDNN SDPA off on CUDA; torch: torch's choice)")
     a = p.parse_args(argv)
     if a.quick:
         a.experts, a.tokens, a.dim, a.ffn_dim, a.warmup, a.repeats = [2, 4], [64], 16, 32, 1, 2

@@ -1,16 +1,22 @@
 #!/usr/bin/env bash
-# The GPU check: one command for a one-GPU machine (H100/H200; no network; Python 3.12 and a CUDA
-# torch preinstalled, fairseq carried as wheels: ../shared/device/README.md), about 7 minutes.
+# The GPU check: one command for a one-GPU machine (H100/H200; Python 3.12 and a CUDA torch
+# preinstalled, fairseq installed as the README's "Install on a GPU machine" says).
 #
-#   bash scripts/gpu_check.sh [--out DIR] [--work DIR] [--updates 200] [--prep-dir work/sample_en_de] [--smoke]
+#   bash scripts/gpu_check.sh [--out DIR] [--work DIR] [--archive FILE] [--steps "STEP ..."|all]
+#        [--updates 200] [--prep-dir work/sample_en_de] [--smoke]
 #
-# --work: where the training runs (checkpoints) go, default OUT; OUT keeps the logs, the json
-# results and summary.md.
-# Steps (each logged to OUT/<step>.log, and stopped after its time limit; OUT/summary.md, rewritten
-# after every step, says ok/FAILED, seconds and the result). On the lent machine only a few
-# files come back from a run: pack OUT into one archive (docs/benchmarks.md, "GPU check").
+# --work: where the training runs (checkpoints, profiler traces) go, default OUT; OUT keeps the
+# logs, the json results and summary.md. --archive FILE: OUT packed into one .tgz after every step
+# (a machine that returns only a few files of a run returns this one; a cut-off run keeps the
+# finished steps). --steps: the steps to run, in the order below (default: versions prepare
+# attention ranks profile model, about 8 minutes by estimate; "all" = every step).
+# Each step is logged to OUT/<step>.log and stopped after its time limit; OUT/summary.md,
+# rewritten after every step, says ok/FAILED, seconds and the result.
 #   versions      the card, torch, CUDA, fairseq, whether torch has a grouped GEMM
 #   prepare       the bundled sample (scripts/prepare_wmt14.sh --sample), unless already prepared
+#   attention     the same training (cpu-tiny recipe, N = 4, 60 updates) with --attention-backend auto
+#                 and torch, fp16 and bf16: the largest difference of the logged losses and the two
+#                 validation losses (they should agree to fp16/bf16 rounding)
 #   fp16          switch_transformer_tiny, UPDATES updates through train_wmt14.sh --precision fp16
 #   bf16-grouped  the same with --precision bf16 (fairseq's --bf16 on CUDA, not TPU) and
 #                 --moe-expert-impl grouped
@@ -25,32 +31,43 @@
 #   router        scripts/benchmark.py router: sparsemixer / switch training step (bf16 autocast)
 #   ranks         two ranks on the one GPU (torchrun, gloo, pytorch_ddp): the per-layer keys are
 #                 those of a 1-process run (enc0 enc2 dec0 dec2)
+#   profile       profile_train (train_wmt14.sh --profile) of updates 21-25, paper dims, fp16,
+#                 8192 tokens per update: dense and N = 4 (wall ms, GPU-busy share, kernels per update)
 #   model         scripts/benchmark.py model --model-recipe paper: fairseq-train words/s of
 #                 switch_transformer_wmt_en_de (N = 4, 16) / transformer_wmt_en_de, fp16, 8192
-#                 tokens per update, 2 interleaved runs of 150 updates each
+#                 tokens per update, 150 updates, --attention-backend auto and torch (before/after),
+#                 the first epoch apart from the later ones
+#   model-bf16    the same in bf16, --attention-backend auto
 # --smoke runs the same steps on CPU in a few minutes (tests/test_gpu_check.py), without time
 # limits: small dims and --updates N; fp32 instead of fp16 (which needs a GPU) and bf16 on CPU;
 # generation of 4 tokens; the two gloo ranks with legacy_ddp and fairseq's own init (torchrun
 # and pytorch_ddp fail on CPU inside fairseq); the sync counts by the CPU counter on the tiny
-# dims; the benchmarks --quick.
+# dims; the benchmarks --quick; the profile of update 2 of the tiny dense model.
 # Exit status: 0 when every step passed.
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 die() { echo "gpu_check.sh: error: $*" >&2; exit 2; }
-OUT="${OUT:-$ROOT/work/gpu_check}" WORK="" UPDATES=200 SMOKE=0 PREP="$ROOT/work/sample_en_de"
+OUT="${OUT:-$ROOT/work/gpu_check}" WORK="" UPDATES=200 SMOKE=0 PREP="$ROOT/work/sample_en_de" ARCHIVE=""
+ALL_STEPS="versions prepare attention fp16 bf16-grouped bf16-loop generate syncs syncs-bf16 layer-bf16 layer-fp16 router ranks profile model model-bf16"
+STEPS="versions prepare attention ranks profile model"
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --out) OUT="${2:?}"; shift 2 ;;
         --work) WORK="${2:?}"; shift 2 ;;
         --updates) UPDATES="${2:?}"; shift 2 ;;
         --prep-dir) PREP="${2:?}"; shift 2 ;;
+        --archive) ARCHIVE="${2:?}"; shift 2 ;;
+        --steps) STEPS="${2:?}"; shift 2 ;;
         --smoke) SMOKE=1; shift ;;
         -h|--help) awk 'NR > 1 && !/^#/ {exit} NR > 1' "$0"; exit 0 ;;
         *) die "unknown option $1 (see --help)" ;;
     esac
 done
 [[ "$UPDATES" =~ ^[1-9][0-9]*$ ]] || die "--updates must be >= 1, got '$UPDATES'"
+[[ "$STEPS" == all ]] && STEPS="$ALL_STEPS"
+for s in $STEPS; do [[ " $ALL_STEPS " == *" $s "* ]] || die "--steps: unknown step '$s'; valid: $ALL_STEPS (or all)"; done
+[[ -z "$ARCHIVE" || "$ARCHIVE" == *.tgz ]] || die "--archive must name a .tgz file, got '$ARCHIVE'"
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 WORK="${WORK:-$OUT}"
 mkdir -p "$OUT" "$WORK"
@@ -60,11 +77,14 @@ SMALL=(--encoder-embed-dim 64 --decoder-embed-dim 64 --encoder-ffn-embed-dim 128
 if [[ $SMOKE == 1 ]]; then
     P16=fp32 P_BF=bf16 DIMS=("${SMALL[@]}") GEN=(--beam 1 -- --max-len-a 0 --max-len-b 4) SYNC=(--arch tiny --device cpu)
     LAYER=(--quick --device cpu) ROUTER=(--quick --device cpu) MODEL=(--quick --no-generate)
+    AUPD=$UPDATES PROFILE=(--recipe cpu-tiny --profile-warmup 1 --profile-updates 1) PROFDIMS=("${SMALL[@]}") RANKDIMS=("${SMALL[@]}")
 else
     P16=fp16 P_BF=bf16 DIMS=() GEN=() SYNC=(--arch base --device cuda)
     LAYER=(--device cuda --experts 4 16 --tokens 4096 16384 --repeats 5 --warmup 2)
     ROUTER=(--device cuda --dtype bfloat16 --repeats 10 --warmup 3)
-    MODEL=(--model-recipe paper --no-generate --model-experts 4 16 --updates 150 --model-repeats 2 --log-interval 10)
+    MODEL=(--model-recipe paper --no-generate --model-experts 4 16 --updates 150 --model-repeats 1 --log-interval 10)
+    AUPD=60
+    PROFILE=(--recipe paper --precision fp16) PROFDIMS=(--max-tokens 8192 --update-freq 1) RANKDIMS=(--max-tokens 2048)
 fi
 echo "| step | status | seconds | result |" > "$OUT/summary.tmp"; echo "|---|---|---|---|" >> "$OUT/summary.tmp"
 FAILED=0 LIMIT=0
@@ -73,6 +93,7 @@ FAILED=0 LIMIT=0
 # shell function as COMMAND passes $LIMIT to `timeout` itself (see limited).
 step() {
     local name="$1" result="$3"; LIMIT=$2; [[ $SMOKE == 1 ]] && LIMIT=0; shift 4
+    [[ " $STEPS " == *" $name "* ]] || return 0
     local t0=$SECONDS status=ok
     echo "gpu_check.sh: $name"
     if declare -F "$1" > /dev/null; then "$@"; else limited "$@"; fi > "$OUT/$name.log" 2>&1 || status=FAILED
@@ -80,6 +101,11 @@ step() {
     [[ $status == ok ]] || { FAILED=1; r="$(tail -n 3 "$OUT/$name.log" | tr '\n|' '  ' | cut -c1-300)"; }
     echo "| $name | $status | $((SECONDS - t0)) | $r |" >> "$OUT/summary.tmp"
     cp "$OUT/summary.tmp" "$OUT/summary.md"  # readable at once if a later step is cut off
+    pack
+}
+pack() {  # OUT as one archive (written beside, then moved: never half-written)
+    [[ -z "$ARCHIVE" ]] && return 0
+    tar czf "$ARCHIVE.tmp" --exclude "$(basename "$ARCHIVE")*" -C "$OUT" . && mv "$ARCHIVE.tmp" "$ARCHIVE"
 }
 limited() { timeout -k 10 "$LIMIT" "$@"; }  # LIMIT 0: no limit
 last_valid() {  # the last validation loss of a train_wmt14.sh save dir
@@ -91,16 +117,16 @@ print(f"valid loss {v[-1]['loss']:.3f} at update {int(v[-1]['num_updates'])}" if
 PY
 }
 train() {  # train PRECISION SAVE [extra fairseq args]
-    local extra=("${@:3}")
-    limited bash scripts/train_wmt14.sh --recipe cpu-tiny --data "$BIN" --save-dir "$WORK/$2" --max-update "$UPDATES" \
-        --precision "$1" -- --validate-interval-updates "$UPDATES" --no-epoch-checkpoints --log-interval 10 \
+    local extra=("${@:3}") upd="${TRAIN_UPDATES:-$UPDATES}"
+    limited bash scripts/train_wmt14.sh --recipe cpu-tiny --data "$BIN" --save-dir "$WORK/$2" --max-update "$upd" \
+        --precision "$1" -- --validate-interval-updates "$upd" --no-epoch-checkpoints --log-interval 10 \
         ${DIMS[@]+"${DIMS[@]}"} ${extra[@]+"${extra[@]}"}
 }
 ranks() {
     local port=$((20000 + RANDOM % 20000)) common=(fairseq-train "$BIN" --user-dir "$ROOT/fairseq_sparsemixer"
         --arch switch_transformer_tiny --moe-experts 4 --share-all-embeddings --criterion moe_label_smoothed_cross_entropy
         --label-smoothing 0.1 --optimizer adam --lr 1e-3 --max-update 6 --log-format json --log-interval 1
-        --disable-validation --no-save --log-file "$OUT/ranks.json" --distributed-world-size 2 --distributed-backend gloo ${DIMS[@]+"${DIMS[@]}"})
+        --disable-validation --no-save --log-file "$OUT/ranks.json" --distributed-world-size 2 --distributed-backend gloo "${RANKDIMS[@]}")
     if [[ $SMOKE == 1 ]]; then
         local pids=()
         for r in 0 1; do
@@ -130,6 +156,27 @@ print("card", torch.cuda.get_device_name(0) if torch.cuda.is_available() else "n
 print("torch", torch.__version__, "CUDA", torch.version.cuda, "fairseq", fairseq.__version__, "sacrebleu", sacrebleu.__version__)
 print("grouped GEMM", "F.grouped_mm" if hasattr(F, "grouped_mm") else "torch._grouped_mm" if hasattr(torch, "_grouped_mm") else "none")'
 step prepare 300 "echo $BIN" -- bash scripts/prepare_wmt14.sh --sample --out "$PREP"
+attention_runs() {  # the same run with --attention-backend auto and torch, in fp16 and bf16
+    for p in "$P16" "$P_BF"; do for b in auto torch; do
+        TRAIN_UPDATES=$AUPD train "$p" "attention-$p-$b" --attention-backend "$b" || return 1
+    done; done
+}
+attention_result() {  # per precision: the largest |loss difference| over the updates, valid losses
+    python - "$WORK" "$P16" "$P_BF" <<'PY'
+import sys
+from fairseq_sparsemixer.diagnostics.logs import read_train_log
+work, precisions = sys.argv[1], sys.argv[2:]
+for p in precisions:
+    logs = {b: read_train_log(f"{work}/attention-{p}-{b}/train.log") for b in ("auto", "torch")}
+    loss = {b: {r["num_updates"]: float(r["loss"]) for r in log.inner} for b, log in logs.items()}
+    common = sorted(set(loss["auto"]) & set(loss["torch"]), key=int)
+    diff = max(abs(loss["auto"][u] - loss["torch"][u]) for u in common)
+    valid = {b: float(log.valid[-1]["loss"]) for b, log in logs.items()}
+    print(f"{p}: max |loss auto - torch| {diff:.4f} over {len(common)} records; valid loss auto "
+          f"{valid['auto']:.3f} torch {valid['torch']:.3f};")
+PY
+}
+step attention 120 "attention_result" -- attention_runs
 step fp16 150 "last_valid $WORK/fp16" -- train "$P16" fp16
 step bf16-grouped 150 "last_valid $WORK/bf16-grouped" -- train "$P_BF" bf16-grouped --moe-expert-impl grouped
 step bf16-loop 150 "last_valid $WORK/bf16-loop" -- train "$P_BF" bf16-loop --moe-expert-impl loop
@@ -137,6 +184,7 @@ step generate 120 "python -c 'import json; r = json.load(open(\"$WORK/fp16/eval_
     bash scripts/evaluate_wmt14.sh --save-dir "$WORK/fp16" --prep-dir "$PREP" --checkpoint checkpoint_last.pt ${GEN[@]+"${GEN[@]}"}
 syncs() {  # syncs NAME [host_syncs args]: the count, and a failed step unless it meets its target
     local name="$1"; shift
+    [[ " $STEPS " == *" $name "* ]] || return 0
     step "$name" 150 "grep '^host syncs' $OUT/$name.log" -- python -m fairseq_sparsemixer.diagnostics.host_syncs --data "$BIN" \
         "${SYNC[@]}" --json "$OUT/$name.json" "$@"
     [[ -f "$OUT/$name.json" ]] && python -c "import json,sys; r=json.load(open('$OUT/$name.json')); sys.exit(r['difference'] != r['target'])" \
@@ -160,8 +208,41 @@ rm -f "$OUT/ranks.json"
 step ranks 120 "layer_keys $OUT/ranks.json" -- ranks
 [[ $(grep -c '| ranks | ok' "$OUT/summary.tmp") == 1 ]] && { layer_keys "$OUT/ranks.json" > /dev/null || {
     FAILED=1; sed -i 's/^| ranks | ok |/| ranks | FAILED (keys) |/' "$OUT/summary.tmp"; }; }
-step model 300 "python -c 'import json; [print(r[\"model\"], r[\"train_wps\"], \"words/s\", r[\"train_over_dense\"], end=\"; \") for r in json.load(open(\"$OUT/model.json\"))[\"model\"]]'" -- \
-    python scripts/benchmark.py model "${MODEL[@]}" --prep-dir "$PREP" --json "$OUT/model.json"
+profile_runs() {  # profile_train of the dense model and of N = 4 (summaries into OUT, traces in WORK)
+    for k in dense 4; do
+        local kind=(--experts "$k"); [[ $k == dense ]] && kind=(--dense)
+        limited bash scripts/train_wmt14.sh "${PROFILE[@]}" "${kind[@]}" --data "$BIN" --save-dir "$WORK/profile-$k" \
+            --max-update 1000 --profile "$WORK/profile-$k/prof" -- --disable-validation --no-save --log-interval 5 \
+            "${PROFDIMS[@]}" || return 1
+        cp "$WORK/profile-$k/prof/summary.md" "$OUT/profile-$k.md"; cp "$WORK/profile-$k/prof/summary.json" "$OUT/profile-$k.json"
+    done
+}
+profile_result() {
+    python - "$OUT" <<'PY'
+import json, sys
+for k in ("dense", "4"):
+    r = json.load(open(f"{sys.argv[1]}/profile-{k}.json"))
+    gpu = (f", GPU busy {r['gpu_busy_share']:.1%}, {r['kernels_per_update']:.0f} kernels, "
+           f"{r['kernel_ms_per_update']:.1f} kernel ms" if "gpu_busy_share" in r else "")
+    print(f"{'dense' if k == 'dense' else 'N=' + k}: {r['wall_ms_mean']:.1f} ms/update{gpu};")
+PY
+}
+model_result() {
+    python - "$1" <<'PY'
+import json, sys
+for r in json.load(open(sys.argv[1]))["model"]:
+    later = r["train_wps_later_epochs"]
+    print(f"{r['model']} {r['precision']} {r['attention']}: {r['train_wps']:.0f} words/s (epoch 1 "
+          f"{r['train_wps_first_epoch']:.0f}, later {later if later is None else round(later)}), "
+          f"/dense {r['train_over_dense']:.3f};")
+PY
+}
+step profile 150 "profile_result" -- profile_runs
+step model 420 "model_result $OUT/model.json" -- \
+    python scripts/benchmark.py model "${MODEL[@]}" --model-precision "$P16" --model-attention auto torch --prep-dir "$PREP" --json "$OUT/model.json"
+step model-bf16 180 "model_result $OUT/model-bf16.json" -- \
+    python scripts/benchmark.py model "${MODEL[@]}" --model-precision "$P_BF" --model-attention auto --prep-dir "$PREP" --json "$OUT/model-bf16.json"
 mv "$OUT/summary.tmp" "$OUT/summary.md"
+pack
 cat "$OUT/summary.md"
 exit $FAILED

@@ -3,7 +3,8 @@
 #
 #   bash scripts/train_wmt14.sh --router sparsemixer --experts 4 [--arch ARCH] [--data DIR]
 #        [--save-dir DIR] [--seed S] [--max-update N] [--recipe paper|authors|cpu-tiny] [--dense]
-#        [--precision fp16|bf16|fp32] [-- extra fairseq-train args]
+#        [--precision fp16|bf16|fp32] [--profile DIR [--profile-warmup 20] [--profile-updates 5]]
+#        [-- extra fairseq-train args]
 #
 # --experts 0 or --dense trains fairseq's own `transformer` arch of the same dims (with the
 # same criterion, which is plain label-smoothed CE for a model without MoE layers).
@@ -32,6 +33,9 @@
 # The router always computes in fp32. The start line and command.txt give the tokens per update.
 # Multi-GPU on one machine: all visible GPUs, through fairseq's own distributed training
 # (CUDA_VISIBLE_DEVICES picks them). Multi-node: see docs/multi_node.md (torchrun).
+# --profile DIR: instead of training, profile updates W+1..W+K of this very command in one process
+# (python -m fairseq_sparsemixer.diagnostics.profile_train: wall ms per update, GPU-busy share,
+# kernels per update, top ops; DIR/summary.md, summary.json, trace.json); it stops after W+K updates.
 # Without a GPU it runs on CPU, with a warning. Logs: SAVE_DIR/train.log (json), tensorboard
 # in SAVE_DIR/tb, and the exact command in SAVE_DIR/command.txt. Rerunning the same command
 # resumes from SAVE_DIR/checkpoint_last.pt.
@@ -39,7 +43,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 die() { echo "train_wmt14.sh: error: $*" >&2; exit 1; }
 ROUTER=sparsemixer EXPERTS=4 ARCH="" DATA="$ROOT/work/wmt14_en_de/bin" SAVE="" SEED=1
-MAXUPD="" RECIPE=paper PRECISION="" EXTRA=()
+MAXUPD="" RECIPE=paper PRECISION="" PROFILE="" PWARM=20 PUPD=5 EXTRA=()
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --router) ROUTER="${2:?}"; shift 2 ;;
@@ -52,12 +56,16 @@ while [[ $# -gt 0 ]]; do
         --max-update) MAXUPD="${2:?}"; shift 2 ;;
         --recipe) RECIPE="${2:?}"; shift 2 ;;
         --precision) PRECISION="${2:?}"; shift 2 ;;
+        --profile) PROFILE="${2:?}"; shift 2 ;;
+        --profile-warmup) PWARM="${2:?}"; shift 2 ;;
+        --profile-updates) PUPD="${2:?}"; shift 2 ;;
         --) shift; EXTRA=("$@"); break ;;
         -h|--help) awk 'NR > 1 && !/^#/ {exit} NR > 1' "$0"; exit 0 ;;
         *) die "unknown option $1 (see --help)" ;;
     esac
 done
 [[ -z "$PRECISION" || "$PRECISION" =~ ^(fp16|bf16|fp32)$ ]] || die "--precision must be fp16, bf16 or fp32, got '$PRECISION'"
+[[ "$PWARM" =~ ^[0-9]+$ && "$PUPD" =~ ^[1-9][0-9]*$ ]] || die "--profile-warmup must be >= 0 and --profile-updates >= 1, got '$PWARM' and '$PUPD'"
 [[ "$EXPERTS" =~ ^[0-9]+$ ]] || die "--experts must be a number >= 0, got '$EXPERTS'"
 [[ -d "$DATA" ]] || die "--data $DATA does not exist (run scripts/prepare_wmt14.sh first, or point --data at its bin/)"
 [[ -f "$DATA/dict.en.txt" && -f "$DATA/dict.de.txt" ]] || die "--data $DATA is not a binarized data dir: no dict.en.txt/dict.de.txt (run scripts/prepare_wmt14.sh first)"
@@ -138,4 +146,9 @@ mkdir -p "$SAVE"
 THREADS_NOTE="torch threads $(python -c 'import torch; print(torch.get_num_threads())' 2>/dev/null || echo '?') (OMP_NUM_THREADS=${OMP_NUM_THREADS:-unset})"
 { printf '%q ' "${CMD[@]}"; echo; echo "# $BATCH_NOTE"; echo "# $THREADS_NOTE"; } > "$SAVE/command.txt"
 echo "train_wmt14.sh: $NAME $ARCH on $DATA -> $SAVE ($NGPU GPU(s); $BATCH_NOTE)"
+if [[ -n "$PROFILE" ]]; then
+    export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+    exec python -m fairseq_sparsemixer.diagnostics.profile_train --warmup "$PWARM" --updates "$PUPD" \
+        --out "$PROFILE" -- "${CMD[@]:1}"
+fi
 exec "${CMD[@]}"

@@ -1,18 +1,20 @@
 """scripts/gpu_check.sh --smoke: every step of the GPU check, run on CPU (small dims, fp32 and
 bf16, two gloo ranks, the CPU sync counter, the layer benchmark --quick)."""
+import tarfile
+
 from conftest import run
 
 
 def test_gpu_check_smoke_runs_every_step(prepared, tmp_path):
     out = tmp_path / "gc"
-    p = run(["bash", "scripts/gpu_check.sh", "--smoke", "--updates", "2", "--prep-dir", prepared, "--out", out],
-            check=False)
+    p = run(["bash", "scripts/gpu_check.sh", "--smoke", "--updates", "2", "--prep-dir", prepared, "--out", out,
+             "--steps", "all", "--archive", out / "gc.tgz"], check=False)
     summary = (out / "summary.md").read_text()
     assert p.returncode == 0, summary + p.stdout[-2000:]
     steps = [line.split("|")[1:3] for line in summary.splitlines()[2:]]
-    assert [s.strip() for s, _ in steps] == ["versions", "prepare", "fp16", "bf16-grouped", "bf16-loop", "generate",
-                                             "syncs", "syncs-bf16", "layer-bf16", "layer-fp16", "router", "ranks",
-                                             "model"]
+    assert [s.strip() for s, _ in steps] == ["versions", "prepare", "attention", "fp16", "bf16-grouped", "bf16-loop",
+                                             "generate", "syncs", "syncs-bf16", "layer-bf16", "layer-fp16", "router",
+                                             "ranks", "profile", "model", "model-bf16"]
     assert all(status.strip() == "ok" for _, status in steps), summary
     assert "(= 1 process)" in summary and "difference 5 (target: 4 of 4 MoE layers on the loop path + 1 = 5)" in summary
     assert "difference 1 (target: 0 of 4 MoE layers on the loop path + 1 = 1)" in summary  # grouped, bf16
@@ -20,9 +22,27 @@ def test_gpu_check_smoke_runs_every_step(prepared, tmp_path):
         cmd = (out / f"bf16-{impl}" / "command.txt").read_text()
         assert " --bf16 " in cmd and f" --moe-expert-impl {impl} " in cmd
     assert "grouped/dense" in summary and "sparsemixer/switch" in summary and "moe2" in summary
+    # on CPU both attention settings are the same computation: identical losses
+    assert "fp32: max |loss auto - torch| 0.0000 over 2 records" in summary
+    assert "dense: " in summary and "ms/update" in summary  # the profile step
+    assert "moe2 fp32 torch:" in summary and "moe2 bf16 auto:" in summary  # model, before/after
+    with tarfile.open(out / "gc.tgz") as t:  # everything in one archive
+        names = set(t.getnames())
+    assert {"./summary.md", "./profile-dense.json", "./model.json", "./attention.log"} <= names
+
+
+def test_gpu_check_runs_the_chosen_steps(prepared, tmp_path):
+    out = tmp_path / "gc"
+    p = run(["bash", "scripts/gpu_check.sh", "--smoke", "--updates", "2", "--prep-dir", prepared, "--out", out,
+             "--steps", "versions syncs"], check=False)
+    summary = (out / "summary.md").read_text()
+    assert p.returncode == 0, summary
+    assert [line.split("|")[1].strip() for line in summary.splitlines()[2:]] == ["versions", "syncs"]
 
 
 def test_gpu_check_rejects_bad_options(tmp_path):
     p = run(["bash", "scripts/gpu_check.sh", "--updates", "0", "--out", tmp_path / "x"], check=False)
     assert p.returncode == 2 and "--updates must be >= 1" in p.stderr.strip().splitlines()[-1]
     assert not (tmp_path / "x").exists()
+    p = run(["bash", "scripts/gpu_check.sh", "--steps", "versions fast", "--out", tmp_path / "x"], check=False)
+    assert p.returncode == 2 and "--steps: unknown step 'fast'" in p.stderr and not (tmp_path / "x").exists()
