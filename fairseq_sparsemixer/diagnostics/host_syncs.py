@@ -12,8 +12,10 @@ fp32 weights under bf16 autocast (default); bf16 = bf16 weights, as fairseq's --
 
 On CPU (`HostSyncs`): a value read back (`.item()`, `.tolist()`, `bool(t)`), an output whose
 size depends on the data (nonzero, masked_select, boolean-mask indexing and its backward,
-bincount, unique, repeat_interleave without output_size). A CPU run makes the same calls as a
-CUDA run, so the tests bound a GPU step's stalls without a GPU.
+bincount, unique, repeat_interleave without output_size), and a Python number stored into a
+tensor (`t[i] = 3`: the number becomes a CPU tensor that is copied into `t`, a pageable
+host-to-device copy on CUDA). A CPU run makes the same calls as a CUDA run, so the tests bound a
+GPU step's stalls without a GPU.
 """
 import argparse
 import json
@@ -39,6 +41,7 @@ class HostSyncs(TorchDispatchMode):
 
     def __enter__(self):
         self.ops = Counter()
+        self._lifted = []  # tensors made from Python numbers (kept alive so that their ids stay unique)
         self._tolist = torch.Tensor.tolist
         ops = self.ops
 
@@ -67,7 +70,32 @@ class HostSyncs(TorchDispatchMode):
         elif name == "repeat_interleave" and func._overloadname == "Tensor" and kwargs.get("output_size") is None \
                 and (len(args) < 3 or args[-1] is None):
             self.ops["repeat_interleave"] += 1
-        return func(*args, **kwargs)
+        elif name == "copy_" and len(args) > 1 and any(args[1] is t for t in self._lifted):
+            self.ops["copy_[python number]"] += 1
+        out = func(*args, **kwargs)
+        if name in ("lift_fresh", "scalar_tensor"):
+            self._lifted.append(out)
+        return out
+
+
+class AtenOps(TorchDispatchMode):
+    """with AtenOps() as c: ... ; c.count, c.ops (a Counter of op names): the aten operators
+    dispatched, views (which launch no kernel) left out. On CPU this tracks the kernels that the
+    same code launches on CUDA (issue 21: a layer step's 192 ops vs the grouped path's 178
+    kernels on an H200; the dense FFN's 17 vs 17), so a launch-bound layer shows without a GPU."""
+
+    def __enter__(self):
+        self.ops = Counter()
+        return super().__enter__()
+
+    @property
+    def count(self):
+        return sum(self.ops.values())
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if not func.is_view:
+            self.ops[func.overloadpacket.__name__] += 1
+        return func(*args, **(kwargs or {}))
 
 
 def count_cuda(fn) -> dict:

@@ -3,9 +3,13 @@
 Plain PyTorch, no fairseq import. Dispatch (MegaBlocks-style, without custom kernels):
 
     order = argsort(expert of each assignment)        (A,)   A = tokens × k, pads skipped
-    xs    = x[token[order]]                           (A, d) contiguous slice per expert
+    token = order // k                                (A,)   top-1: order itself
+    xs    = x[token]                                  (A, d) contiguous slice per expert
     ys_e  = f_e(xs[start_e : start_e + count_e])      one matmul pair per expert
-    y     = index_add(gate[order] · ys, token[order]) (T, d)
+    y     = index_add(gate[order] · ys, token)        (T, d)
+
+The gathers are permutations (top-1: each token read once), so their backward scatters the
+gradient back without summing (modules/ops.py: no sorting index_put on CUDA).
 
 Pad tokens are sent to a discard slot N, sorted after every expert and cut off, so that no
 boolean indexing is needed. The only host-device synchronization of a forward (and its
@@ -44,6 +48,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..routers import build_router, router_class
+from .ops import gather_rows
 
 _grouped_mm = getattr(F, "grouped_mm", None) or getattr(torch, "_grouped_mm", None)
 EXPERT_IMPLS = ("auto", "loop", "grouped")
@@ -140,14 +145,14 @@ class MoEFeedForward(nn.Module):
         route = self.router(x, pad)
         self.last = route
         n, k = self.num_experts, route.expert_index.size(1)
-        # assignments (A,) = (token, expert, gate); pads to the discard slot n
-        token = torch.arange(x.size(0), device=x.device).repeat_interleave(k)
+        # assignments (A,) = (token, expert, gate), sorted by expert; pads to the discard slot n.
+        # Top-1: the token of sorted position i is order[i]; the gathers are permutations.
         expert = route.expert_index.reshape(-1)
-        gate = route.gate.reshape(-1)
         if pad is not None:
-            expert = expert.masked_fill(pad.repeat_interleave(k), n)
-        order = torch.argsort(expert, stable=True)
-        token, expert, gate = token[order], expert[order], gate[order]
+            expert = expert.masked_fill(pad if k == 1 else pad.repeat_interleave(k), n)
+        expert, order = torch.sort(expert, stable=True)
+        token = order if k == 1 else order.div(k, rounding_mode="floor")
+        gate = gather_rows(route.gate.reshape(-1), order, unique=True)
         counts = torch.zeros(n + 1, dtype=torch.long, device=x.device).scatter_add_(0, expert, torch.ones_like(expert))
         self.last_dropped = 0
         self.last_impl = "grouped" if self.uses_grouped(x) else "loop"
@@ -175,7 +180,7 @@ class MoEFeedForward(nn.Module):
         token, expert, gate = token[:routed], expert[:routed], gate[:routed]
         if self.capacity_factor > 0:
             token, expert, gate, sizes = self._apply_capacity(token, expert, gate, sizes)
-        xs = x[token]  # (A, d), grouped by expert
+        xs = gather_rows(x, token, unique=self.router.top_k == 1)  # (A, d), grouped by expert
         # with autograd on, every expert runs (on an empty slice if it got no token) so that each
         # parameter is in the graph (DDP); without it (inference), empty experts are skipped
         run_all = torch.is_grad_enabled()
@@ -195,20 +200,23 @@ class MoEFeedForward(nn.Module):
         e = expert.clamp(max=n - 1)
         rank = torch.arange(a, device=x.device) - cstart[expert]
         row = torch.where(keep, pstart[e] + rank, rows - 1)  # pads share the last row, never used
-        offs = padded.cumsum(0).to(torch.int32)
-        offs[-1] = rows  # the unused tail rows belong to the last group
+        # the unused tail rows belong to the last group: offs[-1] = R, written without storing a
+        # Python int into a device tensor (a pageable host-to-device copy: a sync on CUDA)
+        offs = torch.cat([padded[:-1].cumsum(0), padded.new_full((1,), rows)]).to(torch.int32)
         group = torch.searchsorted(offs, torch.arange(rows, device=x.device, dtype=torch.int32), right=True)
         group = group.clamp_(max=n - 1)
         # (R, N) one-hot for the biases (F.one_hot would read min/max back to check the range)
         onehot = x.new_zeros(rows, n).scatter_(1, group.unsqueeze(1).long(), 1.0)
         stack = lambda get: torch.stack([get(m) for m in self.experts])
-        xs = x.new_zeros(rows, x.size(1)).index_copy(0, row, x[token])
+        xs = x.new_zeros(rows, x.size(1)).index_copy(0, row, gather_rows(x, token, unique=self.router.top_k == 1))
         h = torch.addmm(_grouped_mm(xs, stack(lambda m: m.fc1.weight).transpose(1, 2), offs=offs),
                         onehot, stack(lambda m: m.fc1.bias))
         e0 = self.experts[0]
         h = F.dropout(e0.act(h), p=e0.activation_dropout, training=self.training)
         ys = torch.addmm(_grouped_mm(h, stack(lambda m: m.fc2.weight).transpose(1, 2), offs=offs),
-                         onehot, stack(lambda m: m.fc2.bias))[row]
+                         onehot, stack(lambda m: m.fc2.bias))
+        # rows are distinct except the pads' shared row R-1, whose gradient is 0 (times keep = 0)
+        ys = gather_rows(ys, row, unique=True)
         return ys * keep.to(ys.dtype).unsqueeze(-1)  # 0 at pads
 
     def _stand_in_term(self, x, route, pad, ys, expert):

@@ -37,7 +37,7 @@ class RouterOutput:
     #                             or balance_probs where the router gives them)
     #   z_loss           scalar   mean_t logsumexp(θ)^2        (differentiable through θ)
     #   expert_counts    int64 (N,)  tokens whose first choice is e
-    #   entropy          scalar   mean_t H(probs), no gradient
+    #   entropy          scalar   mean_t H(probs), no gradient (nats)
     #   non_argmax_frac  scalar   fraction of tokens with first choice != argmax θ
     #   one_kept_frac    scalar   fraction of tokens whose probs keep a single expert (π_D = 1,
     #                             ∂π/∂θ = 0: no gradient from the gate nor the balance loss)
@@ -50,8 +50,11 @@ class RouterOutput:
 
     @cached_property
     def _stats(self):
-        """Masked means over the non-pad tokens: no boolean indexing, no data-dependent branch,
-        so that reading them never waits for the device (a host sync on CUDA)."""
+        """Masked means over the non-pad tokens, all from one reduction: with keep_t = 1 at
+        non-pad tokens and the columns V = [P (N), lse(θ)² , Σ_j p_j log p_j, 1[first ≠ argmax θ],
+        1[one kept]] of every token, keep @ V / Σ keep gives the N means P̄_e and the four token
+        means at once (fewer, larger ops: each op is a kernel launch on a GPU). No boolean
+        indexing, no data-dependent branch: reading them never waits for the device."""
         n = self.probs.size(-1)
         first, p, lg = self.expert_index[:, 0], self.probs, self.logits
         with torch.autocast(device_type=lg.device.type, enabled=False):
@@ -60,21 +63,17 @@ class RouterOutput:
             else:
                 keep = (~self.padding_mask.reshape(-1)).to(p.dtype)
             denom = keep.sum().clamp_min(1.0)  # no token: every statistic is 0
-
-            def mean(v):  # (T,) -> mean over the non-pad tokens
-                return (v * keep).sum() / denom
-
+            pb = p if self.balance_probs is None else self.balance_probs
+            with torch.no_grad():  # logged only
+                logged = torch.stack([(p * p.clamp_min(1e-30).log()).sum(-1), first != lg.argmax(dim=-1),
+                                      (p > 0).sum(-1) == 1], -1)
+            columns = torch.cat([pb, torch.logsumexp(lg, dim=-1).square().unsqueeze(-1), logged], -1)
+            means = (keep @ columns) / denom  # (N + 4,); differentiable in P̄ and the z-loss
             counts = torch.zeros(n, dtype=torch.long, device=p.device).scatter_add_(0, first, keep.long())
             frac = counts.to(p.dtype) / denom  # f_e, no gradient
-            pb = p if self.balance_probs is None else self.balance_probs
-            p_mean = (pb * keep.unsqueeze(-1)).sum(0) / denom  # mean_t P_e, differentiable
-            with torch.no_grad():
-                ent = mean(-(p * torch.log(p.clamp_min(1e-30))).sum(-1))
-                non_argmax = mean((first != lg.argmax(dim=-1)).to(p.dtype))
-                one_kept = mean(((p > 0).sum(-1) == 1).to(p.dtype))
-            return dict(balance_loss=n * (frac * p_mean).sum(),
-                        z_loss=mean(torch.logsumexp(lg, dim=-1) ** 2), expert_counts=counts,
-                        entropy=ent, non_argmax_frac=non_argmax, one_kept_frac=one_kept)
+            return dict(balance_loss=n * (frac @ means[:n]), z_loss=means[n], expert_counts=counts,
+                        entropy=-means[n + 1].detach(), non_argmax_frac=means[n + 2].detach(),
+                        one_kept_frac=means[n + 3].detach())
 
 
 def relative_mask(logits: torch.Tensor, jitter_eps: float, best: Optional[torch.Tensor] = None,
