@@ -4,11 +4,14 @@
 #   switch_transformer_tiny with SparseMixer on CPU -> fairseq-generate the sample's test set
 #   -> sacreBLEU with its signature.
 # Rerunning resumes (finished steps are skipped; training continues from checkpoint_last.pt).
-# QUICKSTART_UPDATES (default 1200) sets the training length.
+# QUICKSTART_UPDATES (default 1200) sets the training length. Training runs on one CPU thread
+# (OMP_NUM_THREADS, default 1): CPU training is bit-reproducible only at a fixed thread count, and
+# the README's numbers were measured at one.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 UPDATES="${QUICKSTART_UPDATES:-1200}"
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" MKL_NUM_THREADS="${MKL_NUM_THREADS:-${OMP_NUM_THREADS:-1}}"
 bash scripts/setup.sh
 # shellcheck disable=SC1091
 source .venv/bin/activate
