@@ -97,8 +97,14 @@ step() {
     local t0=$SECONDS status=ok
     echo "gpu_check.sh: $name"
     if declare -F "$1" > /dev/null; then "$@"; else limited "$@"; fi > "$OUT/$name.log" 2>&1 || status=FAILED
-    local r=""; [[ $status == ok ]] && r="$(eval "$result" 2>/dev/null | tr '\n' ' ')"
-    [[ $status == ok ]] || { FAILED=1; r="$(tail -n 3 "$OUT/$name.log" | tr '\n|' '  ' | cut -c1-300)"; }
+    local r=""
+    if [[ $status == ok ]]; then  # a result that cannot be read fails the step, with its message
+        r="$(eval "$result" 2> "$OUT/$name.result.log")" || { status="FAILED (result)"; r="$(tail -n 2 "$OUT/$name.result.log")"; }
+        r="$(echo "$r" | tr '\n|' '  ' | cut -c1-600)"
+    else
+        r="$(tail -n 3 "$OUT/$name.log" | tr '\n|' '  ' | cut -c1-300)"
+    fi
+    [[ $status == ok ]] || FAILED=1
     echo "| $name | $status | $((SECONDS - t0)) | $r |" >> "$OUT/summary.tmp"
     cp "$OUT/summary.tmp" "$OUT/summary.md"  # readable at once if a later step is cut off
     pack
@@ -158,7 +164,7 @@ print("grouped GEMM", "F.grouped_mm" if hasattr(F, "grouped_mm") else "torch._gr
 step prepare 300 "echo $BIN" -- bash scripts/prepare_wmt14.sh --sample --out "$PREP"
 attention_runs() {  # the same run with --attention-backend auto and torch, in fp16 and bf16
     for p in "$P16" "$P_BF"; do for b in auto torch; do
-        TRAIN_UPDATES=$AUPD train "$p" "attention-$p-$b" --attention-backend "$b" || return 1
+        TRAIN_UPDATES=$AUPD train "$p" "attention-$p-$b" --attention-backend "$b" --log-interval 1 || return 1
     done; done
 }
 attention_result() {  # per precision: the largest |loss difference| over the updates, valid losses
@@ -170,6 +176,8 @@ for p in precisions:
     logs = {b: read_train_log(f"{work}/attention-{p}-{b}/train.log") for b in ("auto", "torch")}
     loss = {b: {r["num_updates"]: float(r["loss"]) for r in log.inner} for b, log in logs.items()}
     common = sorted(set(loss["auto"]) & set(loss["torch"]), key=int)
+    if not common:
+        sys.exit(f"{p}: no training records in common")
     diff = max(abs(loss["auto"][u] - loss["torch"][u]) for u in common)
     valid = {b: float(log.valid[-1]["loss"]) for b, log in logs.items()}
     print(f"{p}: max |loss auto - torch| {diff:.4f} over {len(common)} records; valid loss auto "
