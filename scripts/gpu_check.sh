@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
-# The GPU check: one command for a one-GPU machine (H100/H200; Python 3.12 and a CUDA torch
-# preinstalled, fairseq installed as the README's "Install on a GPU machine" says).
+# The GPU check: one command for a one-GPU machine (e.g. H100/H200 with Python 3.12 and a CUDA
+# torch installed system-wide). Install first, in the checkout, keeping that torch:
+#   bash scripts/setup.sh --system-torch && source .venv/bin/activate   (the machine reaches PyPI)
+#   bash scripts/setup.sh --offline .whl && source .venv/bin/activate   (no network; .whl/ made
+#       beforehand by `bash scripts/gpu_wheels.sh .whl` and copied along with the checkout)
+# (README, "Install on a GPU machine").
 #
 #   bash scripts/gpu_check.sh [--out DIR] [--work DIR] [--archive FILE] [--steps "STEP ..."|all]
 #        [--updates 200] [--prep-dir work/sample_en_de] [--smoke]
 #
 # --work: where the training runs (checkpoints, profiler traces) go, default OUT; OUT keeps the
 # logs, the json results and summary.md. --archive FILE: OUT packed into one .tgz after every step
-# (a machine that returns only a few files of a run returns this one; a cut-off run keeps the
+# (to copy the results off the machine in one file; a cut-off run keeps the
 # finished steps). --steps: the steps to run, in the order below (default: versions prepare
 # attention ranks profile model, about 8 minutes by estimate; "all" = every step).
 # Each step is logged to OUT/<step>.log and stopped after its time limit; OUT/summary.md,

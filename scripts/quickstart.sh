@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# README command 1: on a fresh machine (Python 3.11 + pip, offline except package registries)
+# README command 1: on a fresh machine (Python 3.11 or 3.12 + pip, offline except package registries)
 #   set up .venv -> sentencepiece + binarize the bundled En-De sample -> train
 #   switch_transformer_tiny with SparseMixer on CPU -> fairseq-generate the sample's test set
 #   -> sacreBLEU with its signature.
