@@ -111,7 +111,7 @@ def common_update(a: Run, b: Run, metric: str) -> Optional[int]:
 
 def span(run: Run, metric: str) -> str:
     u = run.curve(metric)[0]
-    return f"{run.name} validated at {u[0]}–{u[-1]}" if len(u) > 1 else f"{run.name} at {u[0]}"
+    return f"{run.name} validated at {u[0]}–{u[-1]}" if len(u) > 1 else f"{run.name} validated at {u[0]}"
 
 
 def parse_run(spec: str) -> Run:
