@@ -25,9 +25,12 @@ def last_checkpoints(save_dir, k):
 
 
 def average(paths):
-    avg, state = collections.OrderedDict(), None
+    """The mean of the checkpoints' weights, in the first (the newest) one's state: its update
+    count, config and optimizer history, as fairseq's script keeps them."""
+    avg, first = collections.OrderedDict(), None
     for p in paths:
         state = torch.load(p, map_location="cpu", weights_only=False)
+        first = first or state
         for name, t in state["model"].items():
             t = t.float() if t.is_floating_point() else t
             if name not in avg:
@@ -37,8 +40,8 @@ def average(paths):
     for name, t in avg.items():
         if t.is_floating_point():
             t.div_(len(paths))
-    state["model"] = avg
-    return state
+    first["model"] = avg
+    return first
 
 
 def main(argv=None):

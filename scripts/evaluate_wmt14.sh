@@ -9,7 +9,9 @@
 # averaged into SAVE_DIR/averaged_last<K>.pt; with --checkpoint NAME, SAVE_DIR/NAME is used
 # (e.g. checkpoint_last.pt); else checkpoint_best.pt (checkpoint_last.pt if there is no best).
 # Reports (a) detokenized sacreBLEU with its signature and (b) tokenized BLEU with compound
-# splitting (the paper's number), and writes SAVE_DIR/eval_<subset>.json.
+# splitting (the paper's number), and writes SAVE_DIR/eval_<subset>.json with the checkpoint's
+# update (num_updates) and its files relative to SAVE_DIR: the translations hyp_<subset>.de and
+# a copy of the references ref_<subset>.de, so that a moved or linked SAVE_DIR still compares.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 die() { echo "evaluate_wmt14.sh: error: $*" >&2; exit 1; }
@@ -25,7 +27,7 @@ while [[ $# -gt 0 ]]; do
         --lenpen) LENPEN="${2:?}"; shift 2 ;;
         --max-tokens) MAXTOK="${2:?}"; shift 2 ;;
         --) shift; EXTRA=("$@"); break ;;
-        -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
         *) die "unknown option $1 (see --help)" ;;
     esac
 done
@@ -60,13 +62,20 @@ grep -P '^H-\d+\t' "$GEN" | sed 's/^H-//' | sort -n -k1,1 -t $'\t' | cut -f3 > "
 n_hyp=$(wc -l < "$HYP.tmp"); n_ref=$(wc -l < "$REF")
 [[ "$n_hyp" == "$n_ref" ]] || die "$n_hyp hypotheses for $n_ref references: fairseq-generate skipped sentences (see $GEN)"
 mv "$HYP.tmp" "$HYP"
-python -m fairseq_sparsemixer.bleu --hyp "$HYP" --ref "$REF" --json "$SAVE/eval_$SUBSET.json.part"
-python - "$SAVE/eval_$SUBSET.json" "$CKPT" "$BEAM" "$LENPEN" "$HYP" "$REF" <<'PY'
+REFCOPY="$SAVE/ref_$SUBSET.de"
+cp "$REF" "$REFCOPY.tmp" && mv "$REFCOPY.tmp" "$REFCOPY"
+python -m fairseq_sparsemixer.bleu --hyp "$HYP" --ref "$REFCOPY" --json "$SAVE/eval_$SUBSET.json.part"
+python - "$SAVE" "$SUBSET" "$CKPT" "$BEAM" "$LENPEN" "$REF" <<'PY'
 import json, os, sys
-out, ckpt, beam, lenpen, hyp, ref = sys.argv[1:]
+import torch
+save, subset, ckpt, beam, lenpen, ref = sys.argv[1:]
+out = os.path.join(save, f"eval_{subset}.json")
+rel = lambda p: os.path.relpath(os.path.realpath(p), os.path.realpath(save))  # relative to the run dir
+state = torch.load(ckpt, map_location="cpu", mmap=True, weights_only=False)  # trusted: our own run
 r = json.load(open(out + ".part"))
-r.update(checkpoint=os.path.abspath(ckpt), beam=int(beam), lenpen=float(lenpen),
-         hypotheses=os.path.abspath(hyp), reference=os.path.abspath(ref))
+r.update(checkpoint=rel(ckpt), num_updates=int(state["optimizer_history"][-1]["num_updates"]), beam=int(beam),
+         lenpen=float(lenpen), hypotheses=f"hyp_{subset}.de", reference=f"ref_{subset}.de",
+         reference_source=os.path.abspath(ref))
 json.dump(r, open(out + ".tmp", "w"), indent=2)
 os.replace(out + ".tmp", out)
 os.remove(out + ".part")

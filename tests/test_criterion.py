@@ -133,3 +133,18 @@ def test_switch_model_adds_one_host_sync_per_moe_layer(prepared, tmp_path):
     res = host_syncs.main(["--data", str(prepared / "bin"), "--arch", "tiny", "--device", "cpu",
                            "--expert-impl", "grouped"])
     assert res["loop_layers"] == 0 and res["difference"] == res["target"] == 1, res
+
+
+def test_batch_sum_figures_in_the_readme_and_docstring_follow_the_formula():
+    """batch-sum's effective weight is α·L / tokens per micro-batch, so it is tokens / L times
+    weaker than token-mean's α: the paper's base model (6 MoE layers, 8192 tokens) and cpu-tiny
+    (4 layers, ~1.6k tokens) as the README and the criterion's docstring state them."""
+    from fairseq_sparsemixer.criterions import moe_label_smoothed_cross_entropy as crit
+
+    texts = {"README.md": (ROOT / "README.md").read_text(), "docstring": crit.__doc__}
+    for tokens, layers in ((8192, 6), (1600, 4)):
+        weight = 0.01 * layers / tokens
+        for name, text in texts.items():
+            flat = " ".join(text.split())
+            assert f"~{0.01 / weight:.0f} " in flat, (name, tokens, layers)  # ~1365, ~400
+            assert "~" + f"{weight:.1e}".replace("e-0", "e-") in flat, (name, tokens, layers)  # ~7.3e-6, ~2.5e-5

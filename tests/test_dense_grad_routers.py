@@ -138,3 +138,59 @@ def test_default_moe_eval_and_no_grad_leave_the_ema_and_it_is_saved():
     assert "router.defaults" in m.state_dict()
     m(x, pad)
     assert not torch.all(m.router.defaults == 0.5)
+
+
+def test_default_moe_one_non_finite_expert_output_does_not_poison_the_ema():
+    """One forward in which an expert outputs inf (fp16 overflow: fairseq skips that step) must
+    leave Ê finite, and the stand-in term is exactly 0 in the forward whatever Ê holds: the
+    next forwards equal Switch's and their router gradient is finite."""
+    sw, m = layers("default-moe")
+    x, pad, loss_of = data()
+    step(m, x, pad, loss_of)
+    before = m.router.defaults.clone()
+    busy = int(m.last.expert_index[~pad, 0].mode().values)  # an expert that gets tokens
+    bias = m.experts[busy].fc2.bias.detach().clone()
+    with torch.no_grad():
+        m.experts[busy].fc2.bias[0] = float("inf")
+    y, _ = step(m, x, pad, loss_of)
+    assert not torch.isfinite(y).all()  # the overflow itself is real
+    assert torch.isfinite(m.router.defaults).all()
+    assert torch.equal(m.router.defaults[busy], before[busy])  # the non-finite mean did not enter
+    with torch.no_grad():
+        m.experts[busy].fc2.bias.copy_(bias)
+    y, g = step(m, x, pad, loss_of)
+    y_sw, _ = step(sw, x, pad, loss_of)
+    assert torch.equal(y, y_sw) and torch.isfinite(g).all()
+    # a buffer that holds inf (set by hand, or an old checkpoint): the forward is still Switch's,
+    # and every expert with a token restarts from its batch mean
+    with torch.no_grad():
+        m.router.defaults.fill_(float("inf"))
+    y, g = step(m, x, pad, loss_of)
+    assert torch.equal(y, y_sw)
+    routed = m.last.expert_index[~pad, 0].unique()
+    assert torch.isfinite(m.router.defaults[routed]).all() and torch.isfinite(g).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_default_moe_ema_stays_float32_under_half_precision(dtype):
+    """fairseq's --fp16/--bf16 cast the model, buffers included: in half precision
+    0.9 Ê + 0.1 m rounds back to Ê (from 1.0 towards 1.03, bf16 never moves). Ê must stay
+    float32 (and so in the state dict) and reach m as in float32; device moves still apply."""
+    torch.manual_seed(0)
+    m = MoEFeedForward(8, 16, 2, router="default-moe", jitter_eps=0.0, expert_impl="loop").to(dtype).train()
+    assert m.router.defaults.dtype == torch.float32 and m.experts[0].fc1.weight.dtype == dtype
+    assert m.state_dict()["router.defaults"].dtype == torch.float32
+    with torch.no_grad():
+        for e in m.experts:  # every expert outputs the constant 1.03 (as rounded in dtype)
+            e.fc2.weight.zero_()
+            e.fc2.bias.fill_(1.03)
+        m.router.defaults.fill_(1.0)
+    target = torch.tensor(1.03, dtype=dtype).item()
+    x = torch.randn(64, 8, dtype=dtype)
+    for _ in range(200):
+        m(x).float().sum().backward()
+    want = 1.0 + (target - 1.0) * (1 - BETA ** 200)
+    assert m.router.defaults.dtype == torch.float32
+    torch.testing.assert_close(m.router.defaults, torch.full_like(m.router.defaults, want), rtol=0, atol=1e-5)
+    m.to("cpu")  # a device move keeps it
+    assert m.router.defaults.dtype == torch.float32

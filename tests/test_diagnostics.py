@@ -2,6 +2,8 @@
 the router comparison (speed-up metric, curves, tables) and expert-usage / collapse detection."""
 import json
 import math
+import os
+import shutil
 
 import pytest
 import torch
@@ -293,6 +295,128 @@ def test_paired_statistics_are_the_libraries_tests(tmp_path):
     assert "| switch | 3 | 200 | 5.100 ± 0.100 | 5.100 ± 0.100 | 0.00 ± 0.00 |" in md  # equal seeds: s.d. 0 shown
 
 
+def eval_files(d, hyps, refs, absolute=False, **extra):
+    """eval_test.json as scripts/evaluate_wmt14.sh writes it: files relative to the run dir
+    (absolute: as it wrote them before)."""
+    (d / "hyp_test.de").write_text("\n".join(hyps) + "\n")
+    (d / "ref_test.de").write_text("\n".join(refs) + "\n")
+    at = (lambda f: str(d / f)) if absolute else (lambda f: f)
+    (d / "eval_test.json").write_text(json.dumps(dict(sacrebleu=0.0, tok_bleu_compound_split=0.0,
+                                                      hypotheses=at("hyp_test.de"), reference=at("ref_test.de"),
+                                                      **extra)))
+
+
+def test_runs_are_paired_at_an_update_both_validated(tmp_path):
+    """switch-s1 still training (validated up to 400) against sparsemixer-s1 (to 800): final = the
+    values at 400, best = the best up to 400, the speed-up over the same span, and the summary
+    says 400; seed 2 has no validated update in common (300, 500 / 200, 400): not compared,
+    one line says so. Translations of different updates are not BLEU-paired."""
+    runs = tmp_path / "runs"
+    fake_log(runs / "switch-s1", {100: 7.0, 200: 6.0, 300: 5.5, 400: 5.0})
+    fake_log(runs / "sparsemixer-s1", {100: 7.2, 200: 6.1, 300: 5.6, 400: 5.2, 600: 4.5, 800: 4.0})
+    fake_log(runs / "switch-s2", {300: 6.5, 500: 5.1})
+    fake_log(runs / "sparsemixer-s2", {200: 6.0, 400: 5.3})
+    refs = [f"das ist satz {i} ." for i in range(30)]
+    eval_files(runs / "switch-s1", refs, refs, absolute=True, num_updates=400)
+    eval_files(runs / "sparsemixer-s1", [r.replace(" .", "") for r in refs], refs, absolute=True, num_updates=800)
+    res = compare.summarize(compare.parse_runs([str(p) for p in sorted(runs.iterdir())]), tmp_path / "out")
+    (sg,) = res["significance"]
+    assert sg["seeds"] == ["1"] and sg["updates"] == {"1": 400} and list(sg["unpaired"]) == ["2"]
+    assert sg["final"]["diffs"] == pytest.approx([0.2]) and sg["best"]["diffs"] == pytest.approx([0.2])
+    assert sg["bleu"] == {} and "update 400" in sg["bleu_unpaired"]["1"] and "800" in sg["bleu_unpaired"]["1"]
+    sp = {p["candidate"]: p for p in res["speedup_pairs"]}
+    assert sp["sparsemixer-s1"]["until"] == 400 and sp["sparsemixer-s1"]["speedup"] is None
+    assert sp["sparsemixer-s1"]["final_difference"] == pytest.approx(0.2) and sp["sparsemixer-s2"]["until"] is None
+    md = (tmp_path / "out" / "summary.md").read_text()
+    assert "| sparsemixer − switch | 1 | 400 | +0.200 (+0.200) | +0.200 (+0.200) | n/a |" in md
+    assert md.count("seed 2: no validated update in common") == 1
+    assert "sparsemixer-s2 − switch-s2: no validated update in common" in md
+    assert "seed 1: switch-s1 translated at update 400, sparsemixer-s1 at 800: BLEU not compared." in md
+    assert "| switch-s1 | 400 | 5.000 | 400 | sparsemixer-s1 | — | not reached | +0.200 |" in md
+    assert "switch-s2 validated at 300–500, sparsemixer-s2 validated at 200–400" in md
+
+
+def test_seeds_that_share_no_validated_update_are_plotted_one_by_one(tmp_path):
+    """Seeds of one label validated at disjoint updates (another --validate-interval) have no
+    mean curve: each is plotted on its own and the summary is written (it raised IndexError)."""
+    runs = tmp_path / "runs"
+    fake_log(runs / "switch-s1", {100: 7.0, 200: 6.0})
+    fake_log(runs / "switch-s2", {150: 6.5, 450: 5.1})
+    res = compare.summarize(compare.parse_runs([str(p) for p in sorted(runs.iterdir())]), tmp_path / "out")
+    assert res["table"][0]["final_updates"] == [200, 450]
+    assert (tmp_path / "out" / "valid_loss.png").read_bytes()[:8] == PNG
+
+
+def test_eval_files_relative_to_the_run_dir_survive_a_move_and_a_link(tmp_path):
+    """eval_test.json names its files relative to the run directory: a moved run directory, and
+    one reached through a symbolic link, still compare (older files' absolute paths are read
+    too: test_paired_statistics_are_the_libraries_tests)."""
+    refs = [f"das ist der satz nummer {i} hier ." for i in range(40)]
+    for label in ("switch", "sparsemixer"):
+        d = fake_log(tmp_path / "a" / f"{label}-s1", {100: 6.0, 200: 5.0})
+        eval_files(d, refs if label == "switch" else [r.replace(" hier", "") for r in refs], refs, num_updates=200)
+    shutil.move(tmp_path / "a", tmp_path / "b")
+    (tmp_path / "links").mkdir()
+    os.symlink(tmp_path / "b" / "sparsemixer-s1", tmp_path / "links" / "sparsemixer-s1")
+    res = compare.summarize(compare.parse_runs([str(tmp_path / "b" / "switch-s1"),
+                                                str(tmp_path / "links" / "sparsemixer-s1")]), tmp_path / "out")
+    got = res["significance"][0]["bleu"]["1"]
+    assert got["difference"] < 0 and got["update"] == 200
+    assert "s1: " in (tmp_path / "out" / "summary.md").read_text()
+
+
+def test_evaluated_run_dir_compares_after_a_move(trained, prepared, tmp_path):
+    """The real evaluate_wmt14.sh writes no absolute path into eval_test.json; a copy of the
+    evaluated run, and the run itself, moved elsewhere, compare (same translations: 0 BLEU apart)."""
+    d = tmp_path / "runs" / "switch-s1"
+    d.mkdir(parents=True)
+    for f in ("checkpoint_last.pt", "train.log", "command.txt"):
+        shutil.copy(trained / f, d / f)
+    run(["bash", "scripts/evaluate_wmt14.sh", "--save-dir", d, "--prep-dir", prepared, "--checkpoint",
+         "checkpoint_last.pt", "--beam", "1", "--", "--max-len-a", "0", "--max-len-b", "3"])
+    ev = json.loads((d / "eval_test.json").read_text())
+    assert (ev["checkpoint"], ev["hypotheses"], ev["reference"], ev["num_updates"]) == (
+        "checkpoint_last.pt", "hyp_test.de", "ref_test.de", 6)
+    assert (d / "ref_test.de").read_text() == (prepared / "raw" / "test.de").read_text()
+    shutil.copytree(d, tmp_path / "runs" / "sparsemixer-s1")
+    shutil.move(tmp_path / "runs", tmp_path / "moved")
+    run(["python", "-m", "fairseq_sparsemixer.diagnostics.compare", tmp_path / "moved" / "switch-s1",
+         tmp_path / "moved" / "sparsemixer-s1", "--out", tmp_path / "out"])
+    res = json.loads((tmp_path / "out" / "summary.json").read_text())
+    got = res["significance"][0]["bleu"]["1"]
+    assert got["difference"] == 0 and got["update"] == 6
+
+
+def test_thread_counts_are_read_shown_and_warned_about(tmp_path):
+    """command.txt's `# torch threads K` line (scripts/train_wmt14.sh): a threads column, and one
+    warning line where paired CPU runs differ or one is unknown (no command.txt)."""
+    def runs_with(threads, cpu=True):
+        root = tmp_path / f"r{len(list(tmp_path.iterdir()))}"
+        for name, k in threads.items():
+            d = fake_log(root / name, {100: 6.0, 200: 5.0})
+            if k is not None:
+                (d / "command.txt").write_text(f"fairseq-train DATA {'--cpu ' if cpu else ''}--seed 1 \n"
+                                               f"# 2048 tokens per update at most\n# torch threads {k} "
+                                               f"(OMP_NUM_THREADS={k})\n")
+        return compare.summarize(compare.parse_runs([str(p) for p in sorted(root.iterdir())]), root / "out"), root
+
+    res, root = runs_with({"switch-s1": "1", "sparsemixer-s1": "2", "switch-s2": "1", "sparsemixer-s2": "1",
+                           "dense-s1": None})
+    assert res["runs"]["sparsemixer-s1"]["threads"] == "2" and res["runs"]["dense-s1"]["threads"] == "unknown"
+    rows = {r["label"]: r for r in res["table"]}
+    assert rows["sparsemixer"]["threads"] == ["1", "2"] and rows["dense"]["threads"] == ["unknown"]
+    md = (root / "out" / "summary.md").read_text()
+    assert "| sparsemixer | 2 | 200 |" in md and md.split("| sparsemixer | 2 | 200 |")[1].split("\n")[0].endswith(
+        "| 1, 2 |")
+    (warn,) = [x for x in md.splitlines() if x.startswith("Warning: paired runs")]
+    assert "switch-s1 1 / sparsemixer-s1 2" in warn and "dense-s1 unknown / switch-s1 1" in warn
+    assert "sparsemixer-s2" not in warn and "bit-reproducible only at a fixed thread count" in warn
+    same, root = runs_with({"switch-s1": "1", "sparsemixer-s1": "1"})
+    assert same["thread_warning"] is None and "Warning" not in (root / "out" / "summary.md").read_text()
+    gpu, _ = runs_with({"switch-s1": "1", "sparsemixer-s1": "4"}, cpu=False)
+    assert gpu["thread_warning"] is None  # on GPUs the CPU thread count does not change the numbers
+
+
 def test_compare_errors_are_one_line(tmp_path):
     p = run(["bash", "scripts/compare_routers.sh", "--from-logs", tmp_path / "none"], check=False)
     assert p.returncode != 0 and "does not exist" in p.stderr.strip().splitlines()[-1]
@@ -368,5 +492,8 @@ def test_compare_routers_end_to_end_tiny(prepared, tmp_path):
         assert (out / f).read_bytes()[:8] == PNG
     assert not (out / "expert_load_dense-s1.png").exists()
     assert p.stdout.count("compare_routers.sh: training") == 3
+    # --threads 1 (the default) for every run: recorded, shown, nothing to warn about
+    assert {r["threads"] for r in res["runs"].values()} == {"1"} and res["thread_warning"] is None
+    assert all(r["threads"] == ["1"] for r in res["table"])
     again = run(args)
     assert "compare_routers.sh: training" not in again.stdout and (out / "summary.md").is_file()

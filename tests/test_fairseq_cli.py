@@ -34,7 +34,8 @@ def test_train_generate_bleu(trained, prepared):
     res = json.loads((trained / "eval_test.json").read_text())
     assert res["sentences"] == 1000
     assert res["sacrebleu_signature"].startswith("nrefs:1|case:mixed|eff:no|tok:13a")
-    assert 0 <= res["sacrebleu"] <= 100 and "averaged_last2" in res["checkpoint"]
+    assert 0 <= res["sacrebleu"] <= 100 and res["checkpoint"] == "averaged_last2.pt"
+    assert res["num_updates"] == 6  # the average's state is the newest checkpoint's, as fairseq's script keeps it
     hyps = (trained / "hyp_test.de").read_text().splitlines()
     assert len(hyps) == 1000 and not any("▁" in h for h in hyps)  # sentencepiece decoded
 
@@ -89,6 +90,9 @@ def test_hydra_train_gives_same_model(prepared, tmp_path):
     (["--moe-min-kept", "5"], "--moe-min-kept 5 is invalid; allowed: 1..4"),
     (["--moe-balance-probs", "dense"], "--moe-balance-probs 'dense' is invalid"),
     (["--moe-router", "switch", "--moe-min-kept", "2"], "do not apply to --moe-router switch"),
+    # they act on the mask: with --moe-no-mask they would be accepted and do nothing
+    (["--moe-no-mask", "--moe-min-kept", "2"], "--moe-min-kept and --moe-balance-probs full act on the mask"),
+    (["--moe-no-mask", "--moe-balance-probs", "full"], "--moe-min-kept and --moe-balance-probs full act on"),
     (["--moe-router", "default-moe", "--moe-no-gate-scaling"], "--moe-no-gate-scaling does not apply to --moe-router default-moe"),
     (["--moe-expert-impl", "fast"], "--moe-expert-impl 'fast' is invalid; valid: auto, loop, grouped"),
     (["--moe-expert-impl", "grouped", "--moe-capacity-factor", "1"], "--moe-expert-impl grouped is dropless only"),
@@ -104,6 +108,20 @@ def test_bad_flags_one_line_nothing_written(prepared, tmp_path, flags, needle):
     last = p.stderr.strip().splitlines()[-1]
     assert last.startswith("switch_transformer: error:") and needle in last, p.stderr[-500:]
     assert "Traceback" not in p.stderr and not save.exists()
+
+
+def test_help_says_where_min_kept_applies():
+    """The flags' help, as argparse prints it for the model's arguments (fairseq-train --help
+    prints its own before it adds an architecture's)."""
+    import argparse
+
+    from fairseq_sparsemixer.models.switch_transformer import SwitchTransformerModel
+
+    parser = argparse.ArgumentParser()
+    SwitchTransformerModel.add_args(parser)
+    text = " ".join(parser.format_help().split())
+    assert "it applies to both stages (the second keeps the K best remaining experts" in text
+    assert "refused with --moe-no-mask" in text
 
 
 def test_unknown_arch_fails_cleanly(prepared, tmp_path):

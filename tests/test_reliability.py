@@ -5,7 +5,10 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
+
+import pytest
 
 from conftest import BIN, ROOT, SMALL, json_log, losses, run, train
 from fairseq_sparsemixer import prep
@@ -53,6 +56,24 @@ def test_train_script_data_errors(prepared, tmp_path):
     with open(broken / "dict.de.txt", "a") as f:
         f.write("extra 1\n")
     check(broken, "differ")
+
+
+@pytest.mark.parametrize("fake", ["echo 'Traceback: boom' >&2; exit 1", "exit 0"])
+def test_train_script_says_when_the_batch_cannot_be_computed(prepared, tmp_path, fake):
+    """A failing (or silent) `python -m fairseq_sparsemixer.batching` ends the script with its
+    one error line, not a bare exit status 1 (a `read < <(...)` at end of input under set -e)."""
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    (shim / "python").write_text(f"""#!/bin/sh
+if [ "$1" = -m ] && [ "$2" = fairseq_sparsemixer.batching ]; then {fake}; fi
+exec {sys.executable} "$@"
+""")
+    (shim / "python").chmod(0o755)
+    p = run(["bash", "scripts/train_wmt14.sh", "--recipe", "cpu-tiny", "--data", prepared / "bin",
+             "--save-dir", tmp_path / "save"], check=False, env={"PATH": f"{shim}:{BIN}:{os.environ['PATH']}"})
+    last = p.stderr.strip().splitlines()[-1]
+    assert p.returncode != 0 and last.startswith("train_wmt14.sh: error: could not compute the batch"), p.stderr
+    assert not (tmp_path / "save").exists()
 
 
 def test_killed_training_resumes_like_an_uninterrupted_run(prepared, tmp_path):

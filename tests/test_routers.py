@@ -408,7 +408,24 @@ def test_balance_probs_full_is_the_unmasked_softmax():
     assert g_masked[0].abs().max() == 0 and g_full[0].abs().max() > 0
 
 
-@pytest.mark.parametrize("kwargs", [dict(min_kept=0), dict(min_kept=5), dict(balance_probs="dense")])
+def test_min_kept_applies_to_the_second_stage_of_v2_top2():
+    """θ = (1, 0.9, −1, 0), r = 0.1: the first stage keeps {0, 1}; the second, after expert 0,
+    thresholds against 0.9 and keeps {1} alone (gate 1, no router gradient); with K = 2 it keeps
+    the two best remaining experts {1, 3}: gate σ(0.9) and a gradient on θ_3."""
+    logits = torch.tensor([[1.0, 0.9, -1.0, 0.0]])
+    for k, gate2 in [(1, 1.0), (2, torch.sigmoid(torch.tensor(0.9)).item())]:
+        router = build_router("sparsemixer-v2", embed_dim=4, num_experts=4, top_k=2, min_kept=k)
+        out = router.eval().route(logits)
+        assert out.expert_index.tolist() == [[0, 1]]
+        assert out.gate[0, 1].item() == pytest.approx(gate2)
+        theta = logits.clone().requires_grad_(True)
+        torch.manual_seed(0)
+        router.train().route(theta).gate[:, 1].sum().backward()
+        assert (theta.grad[0, 3] != 0) == (k == 2) and theta.grad[0, 2] == 0
+
+
+@pytest.mark.parametrize("kwargs", [dict(min_kept=0), dict(min_kept=5), dict(balance_probs="dense"),
+                                    dict(mask=False, min_kept=2), dict(mask=False, balance_probs="full")])
 def test_bad_remedy_options(kwargs):
     with pytest.raises(ValueError):
         build_router("sparsemixer", embed_dim=4, num_experts=4, **kwargs)

@@ -1,8 +1,18 @@
 """The multi-GPU training path, checked on CPU: precision choice and --bf16 without TPU, tokens
 per update on any number of GPUs, --log-file written once per record, the suite kept on CPU."""
+import fcntl
+import logging
+import os
+import pty
+import re
+import struct
+import subprocess
+import termios
+import threading
+
 import pytest
 
-from conftest import ROOT, SMALL, json_log, json_out, run
+from conftest import BIN, ROOT, SMALL, json_log, json_out, run
 from fairseq_sparsemixer.batching import split_batch
 
 USER_DIR = str(ROOT / "fairseq_sparsemixer")
@@ -82,3 +92,142 @@ def test_console_shows_least_loaded_expert_and_file_keeps_every_load(prepared, t
     assert {f"load_{layer}_e{e}" for layer in ("enc0", "enc2", "dec0", "dec2") for e in range(4)} <= set(logged[0])
     assert float(console[0]["load_min_enc0"]) == min(float(logged[0][f"load_enc0_e{e}"]) for e in range(4))
 
+
+
+@pytest.mark.parametrize("precision", [["--fp16", "--fp16-no-flatten-grads"], ["--bf16"]])
+def test_default_moe_ema_is_float32_in_half_precision_training(prepared, tmp_path, precision):
+    """fairseq-train --fp16 / --bf16 cast the whole model, buffers included (on CPU here; fp16
+    without flattened grads, whose flat master copy is CUDA-only), and fairseq saves every tensor
+    as float32: an EMA kept in half precision shows as values that all round-trip through it."""
+    import torch
+
+    save = tmp_path / "dm"
+    run(["fairseq-train", prepared / "bin", "--user-dir", USER_DIR, "--arch", "switch_transformer_tiny", *SMALL,
+         "--moe-router", "default-moe", "--share-all-embeddings", "--criterion", "moe_label_smoothed_cross_entropy",
+         "--optimizer", "adam", "--lr", "1e-3", "--max-update", "2", "--cpu", "--save-dir", save,
+         "--no-epoch-checkpoints", *precision])
+    half = torch.float16 if precision[0] == "--fp16" else torch.bfloat16
+    model = torch.load(save / "checkpoint_last.pt", weights_only=False)["model"]
+    w = model["encoder.layers.0.fc1.experts.0.fc1.weight"]
+    assert torch.equal(w.to(half).float(), w)  # the weights were half
+    ema = {k: v for k, v in model.items() if k.endswith("router.defaults")}
+    assert len(ema) == 4
+    for k, v in ema.items():
+        assert v.dtype == torch.float32 and torch.isfinite(v).all() and v.abs().max() > 0, k
+        assert not torch.equal(v.to(half).float(), v), k  # computed in float32
+
+
+LOADS = [f"load_{layer}_e{e}" for layer in ("enc0", "enc2", "dec0", "dec2") for e in range(4)]
+MINS = [f"load_min_{layer}" for layer in ("enc0", "enc2", "dec0", "dec2")]
+
+
+def test_console_condensed_in_simple_format_with_the_quickstarts_flags(prepared, tmp_path):
+    """scripts/quickstart.sh trains with --log-format simple: the console's `k=v, ...` lines and
+    its end-of-epoch/validation `k v | ...` lines show load_min_<layer>; --log-file keeps all."""
+    save = tmp_path / "quick"
+    p = run(["bash", "scripts/train_wmt14.sh", "--recipe", "cpu-tiny", "--data", prepared / "bin", "--save-dir", save,
+             "--max-update", "2", "--", *SMALL, "--log-format", "simple", "--log-interval", "1",
+             "--no-epoch-checkpoints"])
+    logged = (save / "train.log").read_text()
+    for text, want, absent in ((p.stdout, MINS, LOADS), (logged, LOADS, MINS)):
+        inner = [x for x in text.splitlines() if re.search(r"\d+ / \d+ loss=", x)]
+        valid = [x for x in text.splitlines() if "valid on 'valid' subset" in x]
+        assert len(inner) == 2 and len(valid) == 1, text[-2000:]
+        for x, eq in [(inner[-1], "="), (valid[0], " ")]:
+            assert all(f"{k}{eq}" in x for k in want) and not any(f"{k}{eq}" in x for k in absent), x
+    from fairseq_sparsemixer.progress_log import condense_line
+
+    line = "epoch 001:      2 / 33 loss=1, load_enc0_e0=0.7, load_enc0_e1=0.3, valid_load_dec2_e0=0.2, ppl=2"
+    assert condense_line(line) == "epoch 001:      2 / 33 loss=1, load_min_enc0=0.3, valid_load_min_dec2=0.2, ppl=2"
+    line = "epoch 001 | valid on 'valid' subset | loss 1 | load_enc0_e0 0.7 | load_enc0_e1 0.3 | wps 5"
+    assert condense_line(line) == "epoch 001 | valid on 'valid' subset | loss 1 | load_min_enc0 0.3 | wps 5"
+
+
+def test_console_condensed_and_hydra_log_file_whole(prepared, tmp_path):
+    """fairseq-hydra-train (no --log-file: hydra_train.log is the run's only log, written by the
+    root handler after the console's): the console is condensed, the file keeps every load, and
+    expert_usage reads them from it."""
+    out = tmp_path / "hydra_out"
+    p = run(["fairseq-hydra-train", "--config-dir", ROOT / "configs", "--config-name", "tiny_cpu",
+             f"task.data={prepared / 'bin'}", f"checkpoint.save_dir={tmp_path / 'save'}",
+             f"common.user_dir={USER_DIR}", f"hydra.run.dir={out}", "optimization.max_update=2",
+             "common.log_format=json", "common.log_interval=1", "checkpoint.no_save=true",
+             "dataset.max_tokens=1024"])
+    console = [r for r in json_out(p.stdout) if "num_updates" in r and "loss" in r]
+    logged = [r for r in json_log(out / "hydra_train.log") if "num_updates" in r and "loss" in r]
+    assert len(console) == len(logged) == 2
+    assert set(MINS) <= set(console[0]) and not set(LOADS) & set(console[0])
+    assert set(LOADS) <= set(logged[0]) and not set(MINS) & set(logged[0])
+    h = run(["python", "-m", "fairseq_sparsemixer.diagnostics.expert_usage", out / "hydra_train.log",
+             "--out", tmp_path / "load.png"])
+    assert (tmp_path / "load.png").is_file(), h.stdout + h.stderr
+
+
+def test_console_condensed_in_tqdms_bar(prepared, tmp_path):
+    """With a terminal on stderr fairseq draws tqdm's bar, whose postfix shows every logged field."""
+    save = tmp_path / "tqdm"
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 5000, 0, 0))  # wide: no truncated postfix
+    cmd = ["bash", "scripts/train_wmt14.sh", "--recipe", "cpu-tiny", "--data", prepared / "bin", "--save-dir", save,
+           "--max-update", "3", "--", *[a for a in SMALL if a != "--no-progress-bar"], "--log-format", "tqdm",
+           "--no-save"]
+    env = dict(os.environ, PATH=f"{BIN}:{os.environ['PATH']}", PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([str(c) for c in cmd], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=slave,
+                            stdin=subprocess.DEVNULL, text=True)
+    os.close(slave)
+    chunks = []
+
+    def drain():
+        while True:
+            try:
+                data = os.read(master, 65536)
+            except OSError:
+                return
+            if not data:
+                return
+            chunks.append(data)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    out, _ = proc.communicate(timeout=900)
+    reader.join(timeout=60)
+    os.close(master)
+    bar = b"".join(chunks).decode(errors="replace")
+    assert proc.returncode == 0, bar[-2000:]
+    assert "load_min_enc0=" in bar and "loss=" in bar, bar[-2000:]
+    assert not any(f"{k}=" in bar for k in LOADS), bar[-2000:]
+    # tqdm's per-update fields reach no log file (fairseq's choice); its validation line, in
+    # `k v | ...` form, is condensed on the console and whole in --log-file
+    for text, want, absent in ((out, MINS, LOADS), ((save / "train.log").read_text(), LOADS, MINS)):
+        (valid,) = [x for x in text.splitlines() if "valid on 'valid' subset" in x]
+        assert all(f"| {k} " in valid for k in want) and not any(f"| {k} " in valid for k in absent), valid
+
+
+def test_log_file_deleted_and_recreated_gets_the_records(tmp_path):
+    """fairseq adds a --log-file handler per progress bar and the plugin keeps one per file: the
+    newest, so that a log file deleted (and recreated) meanwhile is written, not the deleted one."""
+    import fairseq_sparsemixer  # noqa: F401  (installs the wrapper)
+    from fairseq.logging import progress_bar as pb
+
+    log = tmp_path / "train.log"
+    before = list(pb.logger.handlers)
+    level = pb.logger.level
+    pb.logger.setLevel(logging.INFO)
+    try:
+        pb.progress_bar([1], log_format="none", log_file=str(log))
+        pb.logger.info("first record")
+        log.unlink()
+        log.write_text("")  # recreated, e.g. by a user's log rotation
+        pb.progress_bar([1], log_format="none", log_file=str(log))
+        pb.progress_bar([1], log_format="none", log_file=str(log))
+        pb.logger.info("second record")
+        files = [h for h in pb.logger.handlers if isinstance(h, logging.FileHandler)]
+        assert len(files) == 1
+        files[0].flush()
+        assert log.read_text().splitlines() == ["second record"]
+    finally:
+        for h in list(pb.logger.handlers):
+            if h not in before:
+                pb.logger.removeHandler(h)
+                h.close()
+        pb.logger.setLevel(level)

@@ -12,8 +12,9 @@ the loss of one micro-batch of s target tokens is
         CE_sum + α · sum_l b_l + s · w_z · mean_l z_l
         → CE_mean + (α · L / (S / #micro-batches)) · mean_l b_l + ...: the effective weight on
           the per-token balance loss is α·L divided by the target tokens of a micro-batch
-          (α = 0.01, 6 MoE layers, ~8k tokens: ~7e-6; the cpu-tiny recipe, 4 layers, ~1.6k:
-          ~2.5e-5), 400-1000 times weaker than token-mean with the same α.
+          (α = 0.01, 6 MoE layers, ~8192 tokens: ~7.3e-6; the cpu-tiny recipe, 4 layers, ~1.6k:
+          ~2.5e-5), i.e. tokens / L times weaker than token-mean with the same α: ~1365 times
+          at the paper's base model (8192 / 6), ~400 in cpu-tiny (1.6k / 4).
 
 The z-loss is token-mean in both. The logged `loss` and `nll_loss` are the CE alone (comparable
 with a dense model); `moe_balance` (the token-weighted mean over micro-batches of mean_l b_l,

@@ -16,13 +16,27 @@ final and the best validation <metric> differences, with a 95% confidence interv
 of the paired t-test (scipy.stats.ttest_1samp of the per-seed differences, i.e. ttest_rel;
 needs 2 seeds or more), and, per seed, sacreBLEU's paired bootstrap resampling test
 (sacrebleu.significance.PairedTest, 1000 resamples, SACREBLEU_SEED 12345) on the test
-translations that scripts/evaluate_wmt14.sh recorded in eval_test.json.
+translations that scripts/evaluate_wmt14.sh recorded in eval_test.json (paths relative to the
+run directory; absolute in older files).
+
+Two runs are paired at the same training length: "final" is the value at U, the last update
+validated in both runs, and "best" the best up to U (a run still training is compared with
+the other at its own last validation, not the other's); the summary gives U for every pair,
+and a pair without a validated update in common is not compared (one line says so). BLEU is
+paired only where both translations come from the same update (eval_test.json's
+num_updates) or an update is unknown (older files; the summary says "update ?").
 
 Speed-up metric (the paper's "reaches Switch's quality in up to 2x fewer updates"), per seed
-pair (same seed; every pair when the seeds differ): with b* = the best validation <metric> of
-the baseline run and u_b the first update at which the baseline reaches it, u_c = the first
-validated update at which the candidate is <= b*; speed-up = u_b / u_c. Resolution is the
-validation interval; "not reached" when the candidate never gets there.
+pair (same seed; every pair when the seeds differ), over the updates up to U as above: with
+b* = the best validation <metric> of the baseline run and u_b the first update at which the
+baseline reaches it, u_c = the first validated update at which the candidate is <= b*;
+speed-up = u_b / u_c. Resolution is the validation interval; "not reached" when the candidate
+never gets there.
+
+Each run's CPU thread count is read from the `# torch threads K` line that
+scripts/train_wmt14.sh writes into its command.txt ("unknown" without it). CPU training is
+bit-reproducible only at a fixed thread count: the summary warns, in one line, where runs
+that are paired were trained on CPU at different or unknown thread counts.
 """
 import argparse
 import itertools
@@ -42,6 +56,8 @@ from .logs import TrainLog, find_log, read_train_log
 
 logger = logging.getLogger(__name__)
 _RUN_NAME = re.compile(r"^(?P<label>.+)-s(?P<seed>\d+)$")
+_THREADS = re.compile(r"^# torch threads (\S+) ", re.M)  # scripts/train_wmt14.sh's command.txt
+UNKNOWN = "unknown"
 
 
 @dataclass
@@ -52,15 +68,50 @@ class Run:
     log: TrainLog
     bleu: Optional[dict] = None
     collapse: List[dict] = field(default_factory=list)
+    threads: str = UNKNOWN  # torch's CPU thread count of the training, from command.txt
+    cpu: Optional[bool] = None  # trained with --cpu (None: no command.txt)
 
     @property
     def name(self):
         return f"{self.label}-s{self.seed}"
 
-    def curve(self, metric):
-        """(updates, values) of the validation records that carry `metric`."""
+    @property
+    def dir(self) -> Path:
+        """The run directory: the one holding the log, eval_test.json and command.txt."""
+        return self.path.parent
+
+    def curve(self, metric, until=None):
+        """(updates, values) of the validation records that carry `metric` (up to `until`)."""
         pts = [(int(r["num_updates"]), float(r[metric])) for r in self.log.valid if metric in r]
-        return np.array([u for u, _ in pts]), np.array([v for _, v in pts])
+        pts = [(u, v) for u, v in pts if until is None or u <= until]
+        return np.array([u for u, _ in pts], dtype=int), np.array([v for _, v in pts])
+
+    def eval_file(self, key) -> Path:
+        """A file named in eval_test.json: relative to the run directory (absolute in older files)."""
+        p = Path(self.bleu[key])
+        return p if p.is_absolute() else self.dir / p
+
+
+def read_threads(run_dir: Path):
+    """(thread count as a string or "unknown", trained on CPU or None) from RUN/command.txt."""
+    f = run_dir / "command.txt"
+    if not f.is_file():
+        return UNKNOWN, None
+    text = f.read_text(encoding="utf-8", errors="replace")
+    m = _THREADS.search(text)
+    threads = m.group(1) if m and m.group(1).isdigit() else UNKNOWN
+    return threads, " --cpu " in f" {text.splitlines()[0] if text else ''} "
+
+
+def common_update(a: Run, b: Run, metric: str) -> Optional[int]:
+    """The last update validated in both runs (None if there is none)."""
+    both = set(a.curve(metric)[0].tolist()) & set(b.curve(metric)[0].tolist())
+    return max(both) if both else None
+
+
+def span(run: Run, metric: str) -> str:
+    u = run.curve(metric)[0]
+    return f"{run.name} validated at {u[0]}–{u[-1]}" if len(u) > 1 else f"{run.name} validated at {u[0]}"
 
 
 def parse_run(spec: str) -> Run:
@@ -78,7 +129,8 @@ def parse_run(spec: str) -> Run:
     log = read_train_log(path)
     bleu_file = path.parent / "eval_test.json"
     bleu = json.loads(bleu_file.read_text()) if bleu_file.is_file() else None
-    return Run(label, seed, path, log, bleu)
+    threads, cpu = read_threads(path.parent)
+    return Run(label, seed, path, log, bleu, threads=threads, cpu=cpu)
 
 
 def parse_runs(specs: List[str]) -> List[Run]:
@@ -131,12 +183,17 @@ def speedups(baseline: List[Run], candidate: List[Run], metric: str) -> List[dic
         pairs = [(b, c) for b in baseline for c in candidate]
     out = []
     for b, c in pairs:
-        bu, bv = b.curve(metric)
-        cu, cv = c.curve(metric)
+        until = common_update(b, c, metric)
+        if until is None:
+            out.append(dict(baseline=b.name, candidate=c.name, until=None,
+                            unpaired=f"{span(b, metric)}, {span(c, metric)}"))
+            continue
+        bu, bv = b.curve(metric, until)
+        cu, cv = c.curve(metric, until)
         best = float(bv.min())
         u_b = reach(bu, bv, best)
         u_c = reach(cu, cv, best)
-        out.append(dict(baseline=b.name, candidate=c.name, baseline_best=best, baseline_updates=u_b,
+        out.append(dict(baseline=b.name, candidate=c.name, until=until, baseline_best=best, baseline_updates=u_b,
                         candidate_updates=u_c, speedup=(u_b / u_c) if u_c else None,
                         final_difference=float(cv[-1] - bv[-1])))
     return out
@@ -157,14 +214,15 @@ def paired_bleu(base: Run, cand: Run, n_samples: int = 1000) -> Optional[dict]:
     """sacreBLEU's paired bootstrap resampling of two runs' test translations (same references)."""
     if not (base.bleu and cand.bleu and "hypotheses" in base.bleu and "hypotheses" in cand.bleu):
         return None
-    refs = _read_lines(base.bleu["reference"])
-    # the same references may sit at two paths (another checkout, a symlinked work dir)
-    if cand.bleu.get("reference") != base.bleu["reference"] and _read_lines(cand.bleu["reference"]) != refs:
+    ref_b, ref_c = base.eval_file("reference"), cand.eval_file("reference")
+    refs = _read_lines(ref_b)
+    # the same references may sit at two paths (a copy in each run dir, another checkout)
+    if ref_c.resolve() != ref_b.resolve() and _read_lines(ref_c) != refs:
         raise ValueError(f"{base.name} and {cand.name} were evaluated against different references")
     from sacrebleu.metrics import BLEU
     from sacrebleu.significance import PairedTest
 
-    systems = [(base.name, _read_lines(base.bleu["hypotheses"])), (cand.name, _read_lines(cand.bleu["hypotheses"]))]
+    systems = [(r.name, _read_lines(r.eval_file("hypotheses"))) for r in (base, cand)]
     sigs, scores = PairedTest(systems, {"BLEU": BLEU()}, [refs], test_type="bs", n_samples=n_samples)()
     b, c = scores["BLEU"]
     return dict(baseline=b.score, candidate=c.score, difference=c.score - b.score, p_value=c.p_value,
@@ -190,15 +248,48 @@ def significance(groups: Dict[str, List[Run]], metric: str, baseline="switch", c
     order = sorted(groups, key=lambda x: (x != "dense", x != baseline, x != candidate))  # stable
     for a, b in itertools.combinations(order, 2):
         runs_a, runs_b = ({r.seed: r for r in groups[x]} for x in (a, b))
-        seeds = sorted(set(runs_a) & set(runs_b), key=lambda s: (len(s), s))
-        if not seeds:
+        shared = sorted(set(runs_a) & set(runs_b), key=lambda s: (len(s), s))
+        if not shared:
             continue
-        final = [float(runs_b[s].curve(metric)[1][-1] - runs_a[s].curve(metric)[1][-1]) for s in seeds]
-        best = [float(runs_b[s].curve(metric)[1].min() - runs_a[s].curve(metric)[1].min()) for s in seeds]
-        bleu = {s: paired_bleu(runs_a[s], runs_b[s]) for s in seeds}
-        out.append(dict(baseline=a, candidate=b, seeds=seeds, final=dict(paired_t(final), diffs=final),
-                        best=dict(paired_t(best), diffs=best), bleu={s: v for s, v in bleu.items() if v}))
+        at = {s: common_update(runs_a[s], runs_b[s], metric) for s in shared}
+        seeds = [s for s in shared if at[s] is not None]
+        unpaired = {s: f"{span(runs_a[s], metric)}, {span(runs_b[s], metric)}" for s in shared if at[s] is None}
+        final, best = [], []
+        for s in seeds:
+            (_, va), (_, vb) = runs_a[s].curve(metric, at[s]), runs_b[s].curve(metric, at[s])
+            final.append(float(vb[-1] - va[-1]))
+            best.append(float(vb.min() - va.min()))
+        bleu, bleu_unpaired = {}, {}
+        for s in shared:
+            ua, ub = ((r.bleu or {}).get("num_updates") for r in (runs_a[s], runs_b[s]))
+            if ua is not None and ub is not None and ua != ub:
+                bleu_unpaired[s] = f"{runs_a[s].name} translated at update {ua}, {runs_b[s].name} at {ub}"
+                continue
+            v = paired_bleu(runs_a[s], runs_b[s])
+            if v:
+                bleu[s] = dict(v, update=ua if ua is not None and ub is not None else None)
+        out.append(dict(baseline=a, candidate=b, seeds=seeds, updates={s: at[s] for s in seeds},
+                        final=dict(paired_t(final), diffs=final) if seeds else None,
+                        best=dict(paired_t(best), diffs=best) if seeds else None,
+                        unpaired=unpaired, bleu=bleu, bleu_unpaired=bleu_unpaired))
     return out
+
+
+def thread_warning(runs: Dict[str, Run], pairs) -> Optional[str]:
+    """One line when paired runs trained on CPU (or on an unknown device) at different or
+    unknown thread counts; None otherwise."""
+    bad = []
+    for a, b in pairs:
+        ra, rb = runs[a], runs[b]
+        if ra.cpu is False and rb.cpu is False:  # both on GPU: the CPU thread count is moot
+            continue
+        if UNKNOWN in (ra.threads, rb.threads) or ra.threads != rb.threads:
+            bad.append(f"{a} {ra.threads} / {b} {rb.threads}")
+    if not bad:
+        return None
+    return (f"Warning: paired runs trained at different or unknown CPU thread counts ({'; '.join(sorted(set(bad)))}): "
+            "CPU training is bit-reproducible only at a fixed thread count, so their differences also hold "
+            "that of the thread count.")
 
 
 def mean_curve(runs: List[Run], metric: str):
@@ -215,12 +306,19 @@ def plot_curves(groups: Dict[str, List[Run]], metric: str, path):
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    last = []  # (updates, mean, min, max) of every plotted curve
     for label, runs in groups.items():
-        u, m, lo, hi = mean_curve(runs, metric)
-        for ax in axes:
-            line, = ax.plot(u, m, label=f"{label} (n={len(runs)})")
-            ax.fill_between(u, lo, hi, color=line.get_color(), alpha=0.2)
-    last = [mean_curve(r, metric) for r in groups.values()]
+        curve = mean_curve(runs, metric)
+        if len(curve[0]):
+            series = [(f"{label} (n={len(runs)})", curve)]
+        else:  # the seeds share no validated update: no mean, each run on its own
+            logger.warning(f"the runs of {label} share no validated update: plotted one by one, without a mean")
+            series = [(r.name, (u, v, v, v)) for r in runs for u, v in [r.curve(metric)]]
+        for name, (u, m, lo, hi) in series:
+            for ax in axes:
+                line, = ax.plot(u, m, label=name)
+                ax.fill_between(u, lo, hi, color=line.get_color(), alpha=0.2)
+            last.append((u, m, lo, hi))
     u_max = max(u[-1] for u, *_ in last)
     tail = [m[u >= u_max / 2] for u, m, *_ in last if (u >= u_max / 2).any()]
     if tail:  # right panel: the second half of training, zoomed
@@ -264,64 +362,103 @@ def summarize(runs: List[Run], out: Path, baseline="switch", candidate="sparsemi
                    bleus=[r.bleu["sacrebleu"] if r.bleu else None for r in rs],
                    one_kept=mean_sd([one_kept(r) for r in rs]),
                    collapsed_runs=sum(bool(r.collapse) for r in rs),
-                   collapsed_experts=sum(len({(c["layer"], c["expert"]) for c in r.collapse}) for r in rs))
+                   collapsed_experts=sum(len({(c["layer"], c["expert"]) for c in r.collapse}) for r in rs),
+                   threads=sorted({r.threads for r in rs}, key=lambda t: (t == UNKNOWN, len(t), t)))
         table.append(row)
+    sig = significance(groups, metric, baseline, candidate)
     result = dict(metric=metric, baseline=baseline, candidate=candidate, table=table,
-                  runs={r.name: dict(path=str(r.path), collapse=r.collapse) for r in runs},
-                  significance=significance(groups, metric, baseline, candidate))
+                  runs={r.name: dict(path=str(r.path), collapse=r.collapse, threads=r.threads, cpu=r.cpu)
+                        for r in runs},
+                  significance=sig)
+    pairs = [(f"{sg['baseline']}-s{s}", f"{sg['candidate']}-s{s}") for sg in sig
+             for s in sorted(set(sg["seeds"]) | set(sg["bleu"]))]
     if baseline in groups and candidate in groups:
         sp = speedups(groups[baseline], groups[candidate], metric)
         result["speedup_pairs"] = sp
-        reached = [p["speedup"] for p in sp if p["speedup"] is not None]
+        pairs += [(p["baseline"], p["candidate"]) for p in sp if p["until"] is not None]
+        reached = [p["speedup"] for p in sp if p.get("speedup") is not None]
         result["speedup"] = dict(mean_sd=mean_sd(reached), min=min(reached, default=None),
-                                 max=max(reached, default=None), reached=len(reached), pairs=len(sp))
+                                 max=max(reached, default=None), reached=len(reached),
+                                 pairs=sum(p["until"] is not None for p in sp))
+    result["thread_warning"] = thread_warning({r.name: r for r in runs}, pairs)
     write_json(out / "summary.json", result)
     write_text(out / "summary.md", markdown(result))
     return result
 
 
+def _at(updates: dict) -> str:
+    """'400' when every seed pair was compared at one update, else 's1: 400, s2: 800'."""
+    if not updates:
+        return "—"
+    if len(set(updates.values())) == 1:
+        return str(next(iter(updates.values())))
+    return ", ".join(f"s{s}: {u}" for s, u in updates.items())
+
+
 def markdown(res) -> str:
     m = res["metric"]
     lines = [f"| run | seeds | updates | final valid {m} | best valid {m} | sacreBLEU | tok. BLEU | moe_one_kept "
-             "| collapsed runs (experts) |", "|---|---|---|---|---|---|---|---|---|"]
+             "| collapsed runs (experts) | threads |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in res["table"]:
         lo, hi = min(r["final_updates"]), max(r["final_updates"])
         lines.append(f"| {r['label']} | {len(r['seeds'])} | {hi if lo == hi else f'{lo}–{hi}'} | {fmt(*r['final'])} | "
                      f"{fmt(*r['best'])} | {fmt(*r['bleu'], digits=2)} | {fmt(*r['tok_bleu'], digits=2)} | "
                      f"{fmt(*r['one_kept'])} | {r['collapsed_runs']} "
-                     f"({r['collapsed_experts']}) |")
+                     f"({r['collapsed_experts']}) | {', '.join(r['threads'])} |")
     lines.append("")
-    lines.append(f"Validation {m} in base 2 (fairseq's), mean ± sample s.d. over seeds; moe_one_kept: training "
-                 "fraction of tokens whose mask keeps one expert, last 4 log records.")
+    lines.append(f"Validation {m} in base 2 (fairseq's), mean ± sample s.d. over seeds, each run at its last "
+                 "validation (updates); moe_one_kept: training fraction of tokens whose mask keeps one expert, "
+                 "last 4 log records; threads: torch's CPU threads of the training (command.txt).")
+    if res.get("thread_warning"):
+        lines += ["", res["thread_warning"]]
     if res.get("significance"):
-        lines += ["", "Paired statistics (candidate − baseline, same seed). Loss: mean difference, 95% CI and "
+        lines += ["", "Paired statistics (candidate − baseline, same seed), each pair at the last update both runs "
+                  "validated (at update) and the best up to it. Loss: mean difference, 95% CI and "
                   "p of the paired t-test (scipy), per-seed differences in brackets. BLEU: sacreBLEU's paired "
-                  "bootstrap (1000 resamples) per seed, difference (p).", "",
-                  f"| candidate − baseline | seeds | final valid {m} | best valid {m} | sacreBLEU, per seed |",
-                  "|---|---|---|---|---|"]
+                  "bootstrap (1000 resamples) per seed, difference (p) and the update translated.", "",
+                  f"| candidate − baseline | seeds | at update | final valid {m} | best valid {m} | "
+                  "sacreBLEU, per seed |", "|---|---|---|---|---|---|"]
+        notes = []
         for sg in res["significance"]:
             def loss(d):
+                if d is None:
+                    return "n/a"
                 ci = f" [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}], p = {d['p_value']:.3f}" if d["ci95"] else ""
                 return f"{d['mean']:+.3f}{ci} ({', '.join(f'{x:+.3f}' for x in d['diffs'])})"
-            bleu = "; ".join(f"s{s}: {v['difference']:+.2f} (p = {v['p_value']:.3f})" for s, v in sg["bleu"].items())
-            lines.append(f"| {sg['candidate']} − {sg['baseline']} | {len(sg['seeds'])} | {loss(sg['final'])} | "
-                         f"{loss(sg['best'])} | {bleu or 'n/a'} |")
+            bleu = "; ".join(f"s{s}: {v['difference']:+.2f} (p = {v['p_value']:.3f}), update "
+                             f"{v['update'] if v['update'] is not None else '?'}" for s, v in sg["bleu"].items())
+            lines.append(f"| {sg['candidate']} − {sg['baseline']} | {len(sg['seeds'])} | {_at(sg['updates'])} | "
+                         f"{loss(sg['final'])} | {loss(sg['best'])} | {bleu or 'n/a'} |")
+            pair = f"{sg['candidate']} − {sg['baseline']}, seed"
+            notes += [f"- {pair} {s}: no validated update in common ({why}): validation not compared."
+                      for s, why in sg["unpaired"].items()]
+            notes += [f"- {pair} {s}: {why}: BLEU not compared." for s, why in sg["bleu_unpaired"].items()]
+        if notes:
+            lines += [""] + notes
     if "speedup_pairs" in res:
         b, c = res["baseline"], res["candidate"]
-        lines += ["", f"Updates for {c} to reach {b}'s best validation {m} (per seed pair):", "",
-                  f"| {b} run | its best | reached at | {c} run | reaches it at | speed-up | "
-                  f"final {c} − {b} |", "|---|---|---|---|---|---|---|"]
+        lines += ["", f"Updates for {c} to reach {b}'s best validation {m} (per seed pair, both runs up to the last "
+                  "update both validated):", "",
+                  f"| {b} run | up to update | its best | reached at | {c} run | reaches it at | speed-up | "
+                  f"final {c} − {b} |", "|---|---|---|---|---|---|---|---|"]
+        unpaired = []
         for p in res["speedup_pairs"]:
+            if p["until"] is None:
+                unpaired.append(f"- {p['candidate']} − {p['baseline']}: no validated update in common "
+                                f"({p['unpaired']}): not compared.")
+                continue
             sp = f"{p['speedup']:.2f}x" if p["speedup"] else "not reached"
-            lines.append(f"| {p['baseline']} | {p['baseline_best']:.3f} | {p['baseline_updates']} | "
+            lines.append(f"| {p['baseline']} | {p['until']} | {p['baseline_best']:.3f} | {p['baseline_updates']} | "
                          f"{p['candidate']} | {p['candidate_updates'] or '—'} | {sp} | "
                          f"{p['final_difference']:+.3f} |")
         s = res["speedup"]
         if s["reached"]:
             lines += ["", f"Speed-up {fmt(*s['mean_sd'], digits=2)}x (min {s['min']:.2f}x, max {s['max']:.2f}x; "
                       f"reached in {s['reached']} of {s['pairs']} pairs)."]
-        else:
+        elif s["pairs"]:
             lines += ["", f"{c} never reached {b}'s best validation {m} ({s['pairs']} pairs)."]
+        if unpaired:
+            lines += [""] + unpaired
     coll = [(name, c) for name, r in res["runs"].items() for c in r["collapse"]]
     if coll:
         lines += ["", "Expert collapse (load below the threshold for several consecutive log records):", ""]

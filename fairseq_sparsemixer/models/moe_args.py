@@ -16,9 +16,12 @@ MOE_ARGS = {
     "moe_no_omega": (False, bool, "no learned per-channel omega (ablation)"),
     "moe_no_mask": (False, bool, "sample from the full softmax, without the mask (ablation)"),
     "moe_min_kept": (1, int, "beyond the paper: the SparseMixer mask keeps at least the K best experts "
-                             "(1 = the paper's rule)"),
+                             "(1 = the paper's rule); with sparsemixer-v2's --moe-top-k 2 it applies "
+                             "to both stages (the second keeps the K best remaining experts, at most "
+                             "N-1); refused with --moe-no-mask"),
     "moe_balance_probs": ("masked", str, "beyond the paper: the balance loss from the masked softmax "
-                                         "(masked, the authors' code) or the unmasked one (full)"),
+                                         "(masked, the authors' code) or the unmasked one (full); "
+                                         "full is refused with --moe-no-mask (the same softmax)"),
     "moe_expert_impl": ("auto", str, "the experts' matmuls: loop (one pair per expert), grouped "
                                      "(torch's grouped GEMM, dropless only) or auto (grouped on CUDA "
                                      "bf16/fp16, where it was measured faster; loop elsewhere; "
@@ -83,6 +86,9 @@ def check_moe_args(args):
                          f"{args.moe_router} (it has no mask)")
     if args.moe_no_mask and maskless:
         raise ValueError(f"--moe-no-mask does not apply to --moe-router {args.moe_router} (it has no mask)")
+    if args.moe_no_mask and (args.moe_min_kept != 1 or args.moe_balance_probs != "masked"):
+        raise ValueError("--moe-min-kept and --moe-balance-probs full act on the mask, so with --moe-no-mask "
+                         "they would do nothing; drop them or --moe-no-mask")
     if cls.stand_in is not None and args.moe_no_gate_scaling:
         raise ValueError(f"--moe-no-gate-scaling does not apply to --moe-router {args.moe_router}: its "
                          f"router gradient is the dense mixture's through the gate; use --moe-router switch")

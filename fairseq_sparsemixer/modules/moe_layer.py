@@ -83,6 +83,25 @@ class Expert(nn.Module):
         return self.fc2(h)
 
 
+class StandInTerm(torch.autograd.Function):
+    """Σ_{j≠D} (p_j − sg p_j) · sg v_j of the dense-gradient routers (routers/switch.py): the
+    forward returns zeros (T, d), exactly, whatever v holds (written as 0 · v, one inf in v would
+    make every token NaN); the backward gives ∂L/∂p_tj = ⟨∂L/∂y_t, v_j⟩ where `unused` (T, N) is
+    True, 0 elsewhere. v: (N, d) shared by the tokens, or (N, T, d) per token."""
+
+    @staticmethod
+    def forward(ctx, probs, v, unused):
+        ctx.save_for_backward(v, unused)
+        return torch.zeros(unused.size(0), v.size(-1), dtype=torch.float32, device=v.device)
+
+    @staticmethod
+    def backward(ctx, grad):
+        v, unused = ctx.saved_tensors
+        g = grad.float()
+        gp = g @ v.t() if v.dim() == 2 else torch.einsum("td,ntd->tn", g, v)
+        return torch.where(unused, gp, torch.zeros_like(gp)), None, None
+
+
 class MoEFeedForward(nn.Module):
     """Top-k mixture of `num_experts` FFNs behind a registered router.
 
@@ -220,8 +239,8 @@ class MoEFeedForward(nn.Module):
         return ys * keep.to(ys.dtype).unsqueeze(-1)  # 0 at pads
 
     def _stand_in_term(self, x, route, pad, ys, expert):
-        """Σ_{j≠D} (p_j − sg p_j) · sg v_j per token, (T, d) float32: 0 in the forward; in the
-        backward it adds ⟨∂L/∂y, v_j⟩ ∂p_j/∂θ of every expert j the token did not use (pads
+        """Σ_{j≠D} (p_j − sg p_j) · sg v_j per token, (T, d) float32: exactly 0 in the forward; in
+        the backward it adds ⟨∂L/∂y, v_j⟩ ∂p_j/∂θ of every expert j the token did not use (pads
         excluded). v_j = f_j(x) (router stand_in "experts": all experts on all tokens, no
         gradient) or the router's EMA Ê_j ("ema"), updated first from this batch's routed
         outputs `ys` (f_e(x_token), assignment experts `expert`; the pad slot N is ignored)."""
@@ -229,20 +248,16 @@ class MoEFeedForward(nn.Module):
         used = torch.zeros_like(p, dtype=torch.bool).scatter_(1, route.expert_index, True)
         if pad is not None:
             used = used | pad.unsqueeze(-1)
-        w = (p - p.detach()).masked_fill(used, 0.0)  # (T, N), value 0
-        if self.router.stand_in == "ema":
-            with torch.no_grad():
+        with torch.no_grad():
+            if self.router.stand_in == "ema":
                 sums = ys.new_zeros(n + 1, ys.size(-1), dtype=torch.float32).index_add_(0, expert, ys.float())
                 cnt = torch.zeros(n + 1, dtype=torch.long, device=x.device).index_add_(
                     0, expert, torch.ones_like(expert))
                 self.router.update_defaults(sums[:n], cnt[:n])
-            return w @ self.router.defaults.to(w.dtype)
-        term = torch.zeros(x.size(0), x.size(-1), dtype=torch.float32, device=x.device)
-        for j, f in enumerate(self.experts):
-            with torch.no_grad():
-                v = f(x).float()
-            term = term + w[:, j:j + 1] * v
-        return term
+                v = self.router.defaults.float().clone()  # (N, d); a later update must not reach the backward
+            else:
+                v = torch.stack([f(x).float() for f in self.experts])  # (N, T, d)
+        return StandInTerm.apply(p, v, ~used)
 
     def capacity(self, assignments: int) -> int:
         return math.ceil(self.capacity_factor * assignments / self.num_experts)

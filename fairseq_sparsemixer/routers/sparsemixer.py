@@ -70,8 +70,9 @@ class SparseMixerRouter(Router):
 
     Option `mask=False` samples from the full softmax (the paper's "w/o mask" ablation).
     Remedies for tokens whose mask keeps one expert (π_D = 1: no router gradient from the gate
-    nor from the balance loss), beyond the paper, off by default: `min_kept=K` keeps the K best
-    experts in every token's mask; `balance_probs="full"` computes the balance loss
+    nor from the balance loss), beyond the paper, off by default, refused with mask=False (where
+    they would do nothing): `min_kept=K` keeps the K best experts in every token's mask (in
+    both stages of sparsemixer-v2's top-2); `balance_probs="full"` computes the balance loss
     N·Σ f_e·P̄_e from the unmasked softmax(θ) (as the transformers PhiMoE port of
     SparseMixer-v2 does), so that every token's router gets its gradient."""
 
@@ -88,6 +89,9 @@ class SparseMixerRouter(Router):
             raise ValueError(f"min_kept={min_kept} must be in 1..{num_experts} (the number of experts)")
         if balance_probs not in BALANCE_PROBS:
             raise ValueError(f"balance_probs={balance_probs!r} must be 'masked' or 'full'")
+        if not mask and (min_kept != 1 or balance_probs != "masked"):
+            raise ValueError("min_kept and balance_probs='full' act on the mask; with mask=False "
+                             "(the full softmax) they would do nothing")
         self.mask = bool(mask)
         self.min_kept = int(min_kept)
         self.balance_probs = balance_probs
@@ -114,13 +118,15 @@ class SparseMixerRouter(Router):
         if self.top_k == 1:
             return index, gate, probs
         # second expert (v2 top-2): exclude the first, threshold against the best remaining
-        # logit, with the relative factor still taken from the original |θ|.
+        # logit, with the relative factor still taken from the original |θ|; min_kept K keeps
+        # the K best remaining experts here too (at most N - 1).
         first = torch.zeros_like(logits, dtype=torch.bool).scatter_(-1, index, True)
         rest = logits.detach().masked_fill(first, float("-inf"))
         drop2 = first
         if self.mask:
             best2 = rest.max(dim=-1, keepdim=True).values
-            drop2 = first | relative_mask(rest, self.jitter_eps, best=best2, scale_logits=logits)
+            drop2 = first | relative_mask(rest, self.jitter_eps, best=best2, scale_logits=logits,
+                                          min_kept=self.min_kept)
         index2, gate2, _ = self._stage(logits, drop2)
         return torch.cat([index, index2], -1), torch.cat([gate, gate2], -1), probs
 

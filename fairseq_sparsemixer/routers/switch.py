@@ -9,7 +9,8 @@ p_D · f_D(x)) and add, in the backward only, the terms of the experts the token
 
 i.e. the gradient of the dense mixture Σ_j p_j v_j linearized at the sparse output (the Top-K
 treated as the identity in the backward, a straight-through estimator). The MoE layer adds
-Σ_{j≠D} (p_j − sg p_j) · sg v_j to its output, which is 0 in the forward (sg: stop-gradient).
+Σ_{j≠D} (p_j − sg p_j) · sg v_j to its output (sg: stop-gradient), computed as exactly 0 in the
+forward whatever v holds (not as 0 · v, which an inf in v would turn into NaN).
 
   * densemixer: v_j = f_j(x), every expert run on every token in the forward, without
     gradient to its parameters (DenseMixer, Yao et al. 2025, github.com/yaof20/DenseMixer): N
@@ -57,6 +58,13 @@ class DefaultMoERouter(SwitchRouter):
 
     updated in every training forward before its use, from the local batch (under data
     parallelism each rank keeps its own; the checkpoint holds rank 0's). Ê starts at 0.
+    Only a finite mean enters (an expert whose routed outputs overflowed, as under fp16 before
+    fairseq skips the step, keeps its Ê), and an Ê_j that is not finite (set by hand, or from a
+    checkpoint written before this rule) restarts from the next finite mean. Ê stays float32
+    (float64 in a float64 model) whatever the model's dtype: `.half()` / `.to(torch.bfloat16)`,
+    what fairseq's --fp16 / --bf16 do to the model, move it but do not cast it (in bf16,
+    0.9 Ê + 0.1 m rounds back to Ê whenever |m − Ê| < ~4% of Ê: the EMA would stall), and the
+    checkpoint holds it in float32.
     The default outputs enter the gradient only, not the forward value: the reading of the
     paper taken here ("a dense gradient update while continuing to sparsely activate"); its
     code was not available to check, and β is our choice."""
@@ -67,11 +75,22 @@ class DefaultMoERouter(SwitchRouter):
 
     def __init__(self, embed_dim, num_experts, jitter_eps=0.1, top_k=1, bias=False):
         super().__init__(embed_dim, num_experts, jitter_eps, top_k, bias)
-        self.register_buffer("defaults", torch.zeros(num_experts, embed_dim))
+        self.register_buffer("defaults", torch.zeros(num_experts, embed_dim, dtype=torch.float32))
+
+    def _apply(self, fn, *args, **kwargs):
+        """Device moves apply to `defaults`, casts below float32 do not (class doc)."""
+        kept = self.defaults
+        super()._apply(fn, *args, **kwargs)
+        if torch.finfo(self.defaults.dtype).bits < 32:
+            self.defaults = kept.to(device=self.defaults.device, dtype=torch.float32)
+        return self
 
     @torch.no_grad()
     def update_defaults(self, sums: torch.Tensor, counts: torch.Tensor):
         """sums (N, d): Σ f_j(x_t) over the tokens routed to j; counts (N,): their number."""
         mean = sums.float() / counts.clamp_min(1).unsqueeze(-1).to(torch.float32)
-        new = self.beta * self.defaults + (1.0 - self.beta) * mean
-        self.defaults.copy_(torch.where(counts.unsqueeze(-1) > 0, new, self.defaults))
+        old = self.defaults
+        new = torch.where(torch.isfinite(old).all(-1, keepdim=True),
+                          self.beta * old + (1.0 - self.beta) * mean, mean)
+        take = (counts > 0) & torch.isfinite(mean).all(-1)
+        self.defaults.copy_(torch.where(take.unsqueeze(-1), new, old))
