@@ -102,6 +102,10 @@ for seed in "${SEED_LIST[@]}"; do  # seed-major: a partial comparison already ha
         RUNS+=("$save")
         want="updates=$MAXUPD experts=$EXPERTS recipe=$RECIPE valint=$VALINT threads=$THREADS extra=${EXTRA[*]:-}"
         if [[ "$(cat "$save/.trained" 2>/dev/null)" != "$want" ]]; then
+            if [[ -f "$save/checkpoint_last.pt" ]]; then  # resuming: only at the thread count it began with
+                had="$(sed -n 's/^# torch threads \([0-9][0-9]*\) .*/\1/p' "$save/command.txt" 2>/dev/null | tail -n 1)"
+                [[ "$had" == "$THREADS" ]] || die "$save has a checkpoint trained at ${had:-an unknown number of} thread(s), not --threads $THREADS: resume it with --threads ${had:-K}, or remove $save to train it anew (CPU results depend on the thread count)"
+            fi
             rm -f "$save/.trained" "$save/eval_test.json"
             log "training $name ($want)"
             kind=(--router "$r" --experts "$EXPERTS"); [[ "$r" == dense ]] && kind=(--dense)

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from conftest import ROOT, SMALL, run, train
+from fairseq_sparsemixer.diagnostics import profile_train
 from fairseq_sparsemixer.diagnostics.profile_train import _union_us, split_argv
 from fairseq_sparsemixer.modules.attention import configure_attention
 
@@ -43,6 +44,44 @@ def test_union_of_intervals():
     assert _union_us([(5, 6), (0, 2), (1, 3)]) == 4
     assert _union_us([(0, 10), (2, 3)]) == 10
     assert _union_us([]) == 0
+
+
+class _Event:  # a kineto event as profile_train reads it
+    def __init__(self, name, device, start, end, kind="kernel", annotation=False):
+        from torch.autograd import DeviceType
+
+        self._v = (name, getattr(DeviceType, device), start, end, kind, annotation)
+
+    def name(self): return self._v[0]
+    def device_type(self): return self._v[1]
+    def start_ns(self): return self._v[2]
+    def end_ns(self): return self._v[3]
+    def activity_type(self): return self._v[4]
+    def is_user_annotation(self): return self._v[5]
+
+
+def test_gpu_figures_count_kernels_inside_the_updates_only():
+    """Two 1 ms kernels and a memcpy in a 10 ms update; the GPU-side spans of record_function
+    ranges (user annotations) and a kernel after the update (validation) are not GPU work of it."""
+    ms = 1_000_000
+    events = [_Event("update_21", "CPU", 0, 10 * ms, "cpu_op"),
+              _Event("update_21", "CUDA", 0, 10 * ms, "gpu_user_annotation", annotation=True),
+              _Event("forward", "CUDA", 0, 5 * ms, "gpu_user_annotation", annotation=True),
+              _Event("k1", "CUDA", 1 * ms, 2 * ms), _Event("k2", "CUDA", 5 * ms, 6 * ms),
+              _Event("Memcpy HtoD", "CUDA", 5 * ms, 7 * ms, "gpu_memcpy"),
+              _Event("valid_kernel", "CUDA", 12 * ms, 14 * ms)]
+
+    class Prof:
+        class profiler:
+            class kineto_results:
+                events = staticmethod(lambda: events)
+
+        key_averages = staticmethod(lambda: [])
+
+    res = profile_train.summarize(Prof, [0.010], 1)
+    assert res["kernels_per_update"] == 2 and res["memcpy_memset_per_update"] == 1
+    assert res["kernel_ms_per_update"] == pytest.approx(2.0)
+    assert res["gpu_busy_share"] == pytest.approx(0.3)  # [1, 2] and [5, 7] ms of 10
 
 
 def test_split_argv_needs_the_separator():

@@ -497,3 +497,7 @@ def test_compare_routers_end_to_end_tiny(prepared, tmp_path):
     assert all(r["threads"] == ["1"] for r in res["table"])
     again = run(args)
     assert "compare_routers.sh: training" not in again.stdout and (out / "summary.md").is_file()
+    # another thread count would resume those checkpoints: refused, nothing removed
+    p = run([*args[:2], "--threads", "2", *args[2:]], check=False)
+    assert p.returncode != 0 and "trained at 1 thread(s), not --threads 2" in p.stderr.strip().splitlines()[-1]
+    assert (out / "runs" / "dense-s1" / ".trained").is_file()

@@ -30,6 +30,7 @@ from fairseq.criterions.label_smoothed_cross_entropy import (
     LabelSmoothedCrossEntropyCriterion, LabelSmoothedCrossEntropyCriterionConfig)
 from fairseq.dataclass import ChoiceEnum
 from fairseq.logging import metrics
+from omegaconf import II
 
 from ..diagnostics.expert_usage import CollapseMonitor
 from ..modules import MoEFeedForward
@@ -61,6 +62,7 @@ class MoELabelSmoothedCrossEntropyConfig(LabelSmoothedCrossEntropyCriterionConfi
         "help": "attention kernels on CUDA, for every model this criterion trains (dense too): auto = "
                 "cuDNN SDPA off, which replans every new batch shape (measured 6x faster on an H200); "
                 "torch = torch's own backend choice (modules/attention.py)"})
+    cpu: bool = II("common.cpu")  # --cpu: no CUDA attention to configure
 
 
 def _short(name):
@@ -82,11 +84,12 @@ class MoELabelSmoothedCrossEntropyCriterion(LabelSmoothedCrossEntropyCriterion):
     def __init__(self, task, sentence_avg, label_smoothing, ignore_prefix_size=0,
                  report_accuracy=False, moe_balance_weight=0.01, moe_z_loss_weight=0.0,
                  moe_balance_reduction="token-mean", moe_no_load_log=False, moe_collapse_threshold=0.01,
-                 moe_collapse_batches=200, attention_backend="auto"):
+                 moe_collapse_batches=200, attention_backend="auto", cpu=False):
         super().__init__(task, sentence_avg, label_smoothing, ignore_prefix_size, report_accuracy)
         # the one plugin component of every run it trains (the dense baseline too): it sets the
         # process-wide attention backend before the first forward, and says so once
-        logging.getLogger("fairseq_cli.train").info(configure_attention(attention_backend, torch.cuda.is_available()))
+        logging.getLogger("fairseq_cli.train").info(
+            configure_attention(attention_backend, torch.cuda.is_available() and not cpu))
         if moe_balance_weight < 0 or moe_z_loss_weight < 0:
             raise ValueError("--moe-balance-weight and --moe-z-loss-weight must be >= 0")
         if moe_balance_reduction not in BALANCE_REDUCTIONS:

@@ -6,12 +6,16 @@
 Runs fairseq-train in this process with the given arguments (`--max-update` is set to W + K),
 lets W updates pass (cuDNN/cuBLAS plans, the allocator, the loss scale settle), then profiles
 the trainer's `train_step` of the next K updates (forward, backward and optimizer step of every
-micro-batch of an update; data loading and validation are outside) with torch.profiler, CPU
+micro-batch of an update; data loading and validation are outside its wall time and GPU
+figures; the aten op counts and top ops are over the whole window, so give
+--disable-validation --no-save for them to be the updates' alone) with torch.profiler, CPU
 activity and, where there is a GPU, CUDA activity. Prints and writes into DIR:
 
     wall ms per update        each profiled train_step, the device synchronized at both ends
-    GPU-busy share            the union of the GPU's kernel/memcpy/memset intervals over the
-                              profiled wall time (1 = the GPU never waited for the host)
+                              (an fp16 step skipped for overflow counts as one)
+    GPU-busy share            the union of the GPU's kernel/memcpy/memset intervals within the
+                              profiled train_steps over their wall time (1 = the GPU never
+                              waited for the host)
     kernel ms per update      the summed duration of the GPU activities
     kernels per update        GPU kernel launches (memcpy/memset counted apart)
     aten ops per update       the CPU-side aten:: operator calls (all nesting levels)
@@ -28,6 +32,7 @@ import argparse
 import json
 import logging
 import sys
+from collections import Counter
 import time
 from pathlib import Path
 
@@ -60,17 +65,32 @@ def _union_us(intervals):
     return total + (cur_e - cur_s if cur_e is not None else 0)
 
 
+_GPU_WORK = {"kernel", "gpu_memcpy", "gpu_memset"}
+
+
 def device_activity(prof):
-    """GPU activities of a finished profile: [(name, start_ns, end_ns, is_kernel)]."""
+    """The GPU's work in a finished profile, inside the profiled updates only:
+    [(name, start_ns, end_ns, is_kernel)]. Kernels, memcpys and memsets; not the GPU-side spans
+    of record_function ranges (user annotations), which cover whole phases, and not what ran
+    between two profiled updates (validation, checkpoints), which is outside their wall time."""
     from torch.autograd import DeviceType
 
-    out = []
-    for e in prof.profiler.kineto_results.events():
-        if e.device_type() != DeviceType.CUDA:
+    events = list(prof.profiler.kineto_results.events())
+    updates = [(e.start_ns(), e.end_ns()) for e in events
+               if e.device_type() == DeviceType.CPU and e.name().startswith("update_")]
+    out, other = [], Counter()
+    for e in events:
+        if e.device_type() != DeviceType.CUDA or e.is_user_annotation():
             continue
-        kind = e.activity_type() if hasattr(e, "activity_type") else "kernel"
-        out.append((e.name(), e.start_ns(), e.end_ns(), "memcpy" not in kind and "memset" not in kind
-                    and "Memcpy" not in e.name() and "Memset" not in e.name()))
+        kind = e.activity_type()
+        if kind not in _GPU_WORK:
+            other[kind] += 1
+            continue
+        if not any(s <= e.start_ns() <= t for s, t in updates):
+            continue
+        out.append((e.name(), e.start_ns(), e.end_ns(), kind == "kernel"))
+    for kind, n in other.items():
+        logger.warning(f"profile_train: {n} GPU events of kind {kind!r} are not counted as GPU work")
     return out
 
 

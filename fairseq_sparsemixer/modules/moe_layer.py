@@ -176,9 +176,9 @@ class MoEFeedForward(nn.Module):
         self.last_dropped = 0
         self.last_impl = "grouped" if self.uses_grouped(x) else "loop"
         if self.last_impl == "grouped":
-            ys = self._grouped(x, token, expert, counts)  # f_e(x_token), 0 at pads
+            ys = self._grouped(x, token, expert, counts, k == 1)  # f_e(x_token), 0 at pads
         else:
-            ys, token, expert, gate = self._loop(x, token, expert, gate, counts)
+            ys, token, expert, gate = self._loop(x, token, expert, gate, counts, k == 1)
         stand_in = None
         if self.router.stand_in is not None and self.training and torch.is_grad_enabled():
             stand_in = self._stand_in_term(x, route, pad, ys, expert)
@@ -191,7 +191,7 @@ class MoEFeedForward(nn.Module):
             out = out * self.omega.to(out.dtype)
         return out.reshape(shape)
 
-    def _loop(self, x, token, expert, gate, counts):
+    def _loop(self, x, token, expert, gate, counts, top1):
         """(f_e(x_token) of every routed assignment, its tokens, experts, gates): one matmul pair
         per expert on the contiguous slice of its tokens, sized by the one host sync."""
         sizes = counts.tolist()[:self.num_experts]  # the host sync
@@ -199,7 +199,7 @@ class MoEFeedForward(nn.Module):
         token, expert, gate = token[:routed], expert[:routed], gate[:routed]
         if self.capacity_factor > 0:
             token, expert, gate, sizes = self._apply_capacity(token, expert, gate, sizes)
-        xs = gather_rows(x, token, unique=self.router.top_k == 1)  # (A, d), grouped by expert
+        xs = gather_rows(x, token, unique=top1)  # (A, d), grouped by expert; top-1: each token once
         # with autograd on, every expert runs (on an empty slice if it got no token) so that each
         # parameter is in the graph (DDP); without it (inference), empty experts are skipped
         run_all = torch.is_grad_enabled()
@@ -207,7 +207,7 @@ class MoEFeedForward(nn.Module):
                         for f, chunk in zip(self.experts, xs.split(sizes))])
         return ys, token, expert, gate
 
-    def _grouped(self, x, token, expert, counts):
+    def _grouped(self, x, token, expert, counts, top1):
         """(A, d) f_e(x_token) of every assignment (sorted by expert), 0 at pads, by two grouped
         GEMMs over a row buffer in which each expert's group starts at a multiple of 16."""
         n, a, al = self.num_experts, token.numel(), _GROUP_ALIGN
@@ -227,7 +227,7 @@ class MoEFeedForward(nn.Module):
         # (R, N) one-hot for the biases (F.one_hot would read min/max back to check the range)
         onehot = x.new_zeros(rows, n).scatter_(1, group.unsqueeze(1).long(), 1.0)
         stack = lambda get: torch.stack([get(m) for m in self.experts])
-        xs = x.new_zeros(rows, x.size(1)).index_copy(0, row, gather_rows(x, token, unique=self.router.top_k == 1))
+        xs = x.new_zeros(rows, x.size(1)).index_copy(0, row, gather_rows(x, token, unique=top1))
         h = torch.addmm(_grouped_mm(xs, stack(lambda m: m.fc1.weight).transpose(1, 2), offs=offs),
                         onehot, stack(lambda m: m.fc1.bias))
         e0 = self.experts[0]
