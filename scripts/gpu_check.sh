@@ -104,7 +104,7 @@ step() {
     local r=""
     if [[ $status == ok ]]; then  # a result that cannot be read fails the step, with its message
         r="$(eval "$result" 2> "$OUT/$name.result.log")" || { status="FAILED (result)"; r="$(tail -n 2 "$OUT/$name.result.log")"; }
-        r="$(echo "$r" | tr '\n|' '  ' | cut -c1-600)"
+        r="$(echo "$r" | tr '\n' ' ' | cut -c1-600)"
     else
         r="$(tail -n 3 "$OUT/$name.log" | tr '\n|' '  ' | cut -c1-300)"
     fi
@@ -184,7 +184,7 @@ for p in precisions:
         sys.exit(f"{p}: no training records in common")
     diff = max(abs(loss["auto"][u] - loss["torch"][u]) for u in common)
     valid = {b: float(log.valid[-1]["loss"]) for b, log in logs.items()}
-    print(f"{p}: max |loss auto - torch| {diff:.4f} over {len(common)} records; valid loss auto "
+    print(f"{p}: largest loss difference auto - torch {diff:.4f} over {len(common)} records; valid loss auto "
           f"{valid['auto']:.3f} torch {valid['torch']:.3f};")
 PY
 }
