@@ -29,11 +29,10 @@ plans per batch shape: --attention-backend) point at the cause. One process only
 (--distributed-world-size 1 is set; profile one rank of a multi-GPU run that way).
 """
 import argparse
-import json
 import logging
 import sys
-from collections import Counter
 import time
+from collections import Counter
 from pathlib import Path
 
 import torch
