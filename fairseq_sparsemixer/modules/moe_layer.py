@@ -29,12 +29,14 @@ from there), so each expert's rows are padded, without a host sync, into a buffe
 size R = ceil16(A) + 16·N:
 
     p_e   = ceil16(count_e)                   padded rows of expert e; offs = cumsum(p)[:N], offs[-1] = R
-    row   = start_e + (rank within e)         the buffer row of each routed assignment; pads -> row R-1
+    row   = i + Σ_{f<e} (p_f − count_f)       the buffer row of sorted assignment i of expert e
+                                              (= start_e + rank within e); the pads (slot N) land
+                                              in the last group's tail, after every expert's rows
     xs    = zeros(R, d) with xs[row] = x[token]                         (unused rows stay 0)
     h     = act(grouped_mm(xs, W1ᵀ, offs) + onehot(group) · B1)        (R, d_ff)
     ys    = (grouped_mm(h, W2ᵀ, offs) + onehot(group) · B2)[row]       (A, d)
 
-Unused rows are computed from x = 0 and never read, and the pads' row is multiplied by 0, so
+Unused rows are computed from x = 0 and never read, and the pads' rows are multiplied by 0, so
 they get zero gradient and add nothing to any parameter's gradient. The offsets stay on the
 device: the layer makes no host sync at all. The biases enter as a one-hot matmul (no gather,
 whose backward would scatter). "auto" (default) takes the grouped path where it was measured
@@ -212,18 +214,18 @@ class MoEFeedForward(nn.Module):
         GEMMs over a row buffer in which each expert's group starts at a multiple of 16."""
         n, a, al = self.num_experts, token.numel(), _GROUP_ALIGN
         rows = -(-a // al) * al + n * al  # R, static: no host sync
-        padded = (counts[:n] + al - 1) // al * al  # (N,)
-        pstart = padded.cumsum(0) - padded  # first row of each group
-        cstart = counts.cumsum(0) - counts  # first sorted position of each expert (pads: slot n)
+        extra = counts.neg().remainder_(al)  # (N + 1,) rows of padding after each expert's tokens
+        # buffer row − sorted position, per expert: the padding of the experts before it, so that
+        # expert e's tokens fill rows pstart_e.. and the pads (slot N) the rows after every group
+        shift = extra.cumsum(0) - extra
+        row = torch.arange(a, device=x.device) + shift[expert]  # distinct rows, all < R
         keep = expert < n
-        e = expert.clamp(max=n - 1)
-        rank = torch.arange(a, device=x.device) - cstart[expert]
-        row = torch.where(keep, pstart[e] + rank, rows - 1)  # pads share the last row, never used
-        # the unused tail rows belong to the last group: offs[-1] = R, written without storing a
-        # Python int into a device tensor (a pageable host-to-device copy: a sync on CUDA)
-        offs = torch.cat([padded[:-1].cumsum(0), padded.new_full((1,), rows)]).to(torch.int32)
+        # offsets: the group ends, the last at R (its tail rows, pads included, are never read but
+        # by the pads, times 0); built without storing a Python int into a device tensor (a
+        # pageable host-to-device copy: a sync on CUDA)
+        ends = (counts + extra).cumsum(0)
+        offs = torch.cat([ends[:n - 1], ends.new_full((1,), rows)]).to(torch.int32)
         group = torch.searchsorted(offs, torch.arange(rows, device=x.device, dtype=torch.int32), right=True)
-        group = group.clamp_(max=n - 1)
         # (R, N) one-hot for the biases (F.one_hot would read min/max back to check the range)
         onehot = x.new_zeros(rows, n).scatter_(1, group.unsqueeze(1).long(), 1.0)
         stack = lambda get: torch.stack([get(m) for m in self.experts])
@@ -234,7 +236,6 @@ class MoEFeedForward(nn.Module):
         h = F.dropout(e0.act(h), p=e0.activation_dropout, training=self.training)
         ys = torch.addmm(_grouped_mm(h, stack(lambda m: m.fc2.weight).transpose(1, 2), offs=offs),
                          onehot, stack(lambda m: m.fc2.bias))
-        # rows are distinct except the pads' shared row R-1, whose gradient is 0 (times keep = 0)
         ys = gather_rows(ys, row, unique=True)
         return ys * keep.to(ys.dtype).unsqueeze(-1)  # 0 at pads
 
