@@ -244,9 +244,9 @@ model_result() {
 import json, sys
 for r in json.load(open(sys.argv[1]))["model"]:
     later = r["train_wps_later_epochs"]
+    later = "no later epoch" if later is None else f"later {later:.0f}"
     print(f"{r['model']} {r['precision']} {r['attention']}: {r['train_wps']:.0f} words/s (epoch 1 "
-          f"{r['train_wps_first_epoch']:.0f}, later {later if later is None else round(later)}), "
-          f"/dense {r['train_over_dense']:.3f};")
+          f"{r['train_wps_first_epoch']:.0f}, {later}), /dense {r['train_over_dense']:.3f};")
 PY
 }
 step profile 150 "profile_result" -- profile_runs
