@@ -11,7 +11,7 @@ import time
 import pytest
 
 from conftest import BIN, ROOT, SMALL, json_log, losses, run, train
-from fairseq_sparsemixer import prep
+from fairseq_sparsemixer.pipeline import prep
 
 PLUGIN = ROOT / "tests" / "plugins" / "forced_router"
 
