@@ -19,7 +19,8 @@ try:
 except ImportError:  # plain-PyTorch use of routers/modules
     pass
 else:
-    from . import atomic_copy, criterions, models, precision, progress_log  # noqa: F401
+    from . import criterions, models  # noqa: F401
+    from .training import atomic_copy, precision, progress_log
 
     atomic_copy.install()  # checkpoint_last.pt / _best.pt are never left half-written
     progress_log.install()  # --log-file: each record once; console: per-layer least load

@@ -41,7 +41,7 @@ export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 
 if [[ "$AVG" -gt 1 ]]; then
     CKPT="$SAVE/averaged_last$AVG.pt"
-    python -m fairseq_sparsemixer.average_checkpoints --save-dir "$SAVE" --last "$AVG" --out "$CKPT"
+    python -m fairseq_sparsemixer.pipeline.average_checkpoints --save-dir "$SAVE" --last "$AVG" --out "$CKPT"
 elif [[ -n "$CKNAME" ]]; then CKPT="$SAVE/$CKNAME"; [[ -f "$CKPT" ]] || die "--checkpoint: $CKPT not found"
 elif [[ -f "$SAVE/checkpoint_best.pt" ]]; then CKPT="$SAVE/checkpoint_best.pt"
 elif [[ -f "$SAVE/checkpoint_last.pt" ]]; then CKPT="$SAVE/checkpoint_last.pt"
@@ -64,7 +64,7 @@ n_hyp=$(wc -l < "$HYP.tmp"); n_ref=$(wc -l < "$REF")
 mv "$HYP.tmp" "$HYP"
 REFCOPY="$SAVE/ref_$SUBSET.de"
 cp "$REF" "$REFCOPY.tmp" && mv "$REFCOPY.tmp" "$REFCOPY"
-python -m fairseq_sparsemixer.bleu --hyp "$HYP" --ref "$REFCOPY" --json "$SAVE/eval_$SUBSET.json.part"
+python -m fairseq_sparsemixer.pipeline.bleu --hyp "$HYP" --ref "$REFCOPY" --json "$SAVE/eval_$SUBSET.json.part"
 python - "$SAVE" "$SUBSET" "$CKPT" "$BEAM" "$LENPEN" "$REF" <<'PY'
 import json, os, sys
 import torch

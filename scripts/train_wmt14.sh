@@ -121,14 +121,14 @@ else
 fi
 case "$PRECISION" in
     fp16) DEV+=(--fp16 ${GPU_RECIPE_ARGS[@]+"${GPU_RECIPE_ARGS[@]}"}) ;;
-    bf16) DEV+=(--bf16) ;;  # the plugin keeps fairseq from reading it as TPU (precision.py)
+    bf16) DEV+=(--bf16) ;;  # the plugin keeps fairseq from reading it as TPU (training/precision.py)
 esac
 # (not `read < <(python ...)`: under set -e that read exits at end of input before any message)
-BATCH="$(PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" python -m fairseq_sparsemixer.batching "$TOKENS" "$TOTAL_BATCH" "$WORLD")" \
-    || die "could not compute the batch (python -m fairseq_sparsemixer.batching failed, message above)"
+BATCH="$(PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" python -m fairseq_sparsemixer.training.batching "$TOKENS" "$TOTAL_BATCH" "$WORLD")" \
+    || die "could not compute the batch (python -m fairseq_sparsemixer.training.batching failed, message above)"
 read -r MAXTOK UPDATE_FREQ _ <<< "$BATCH"
 [[ "${MAXTOK:-}" =~ ^[1-9][0-9]*$ && "${UPDATE_FREQ:-}" =~ ^[1-9][0-9]*$ ]] \
-    || die "could not compute the batch (python -m fairseq_sparsemixer.batching printed '$BATCH')"
+    || die "could not compute the batch (python -m fairseq_sparsemixer.training.batching printed '$BATCH')"
 BATCH_NOTE="$((MAXTOK * UPDATE_FREQ * WORLD)) tokens per update at most (max-tokens $MAXTOK x update-freq $UPDATE_FREQ x $WORLD worker(s)), $PRECISION"
 TB=()
 python -c 'import tensorboardX' 2>/dev/null && TB=(--tensorboard-logdir "$SAVE/tb")

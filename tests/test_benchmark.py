@@ -1,18 +1,14 @@
 """The benchmark harness (issue 5): its reference dispatch designs compute what ours computes, its
 memory probe sees allocations, and every suite runs on tiny sizes and emits its json schema.
 No timing assertions."""
-import importlib.util
 import json
 
 import pytest
 import torch
 
-from conftest import ROOT, run
+from conftest import run
+from fairseq_sparsemixer.diagnostics import benchmark as bench
 from fairseq_sparsemixer.modules import MoEFeedForward
-
-spec = importlib.util.spec_from_file_location("benchmark", ROOT / "scripts" / "benchmark.py")
-bench = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(bench)
 
 
 @pytest.mark.parametrize("router", ["sparsemixer", "switch"])

@@ -92,7 +92,7 @@ def test_bad_balance_reduction_is_refused(fixed):
 
 
 def test_layer_names_skip_wrapper_prefixes(fixed):
-    from fairseq_sparsemixer.criterions.moe_label_smoothed_cross_entropy import _short, moe_named_layers
+    from fairseq_sparsemixer.models.introspect import _short, moe_named_layers
 
     _, model, _ = fixed
     names = [n for n, _ in moe_named_layers(model)]

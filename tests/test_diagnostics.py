@@ -12,6 +12,7 @@ from conftest import SMALL, run, train
 from fairseq_sparsemixer.diagnostics import compare, expert_usage, gradient_fidelity as gf
 from fairseq_sparsemixer.diagnostics.logs import read_train_log
 from fairseq_sparsemixer.modules import MoEFeedForward
+from fairseq_sparsemixer.training.collapse import CollapseMonitor
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -450,21 +451,21 @@ def test_collapse_found_in_logs_and_heatmap(tmp_path):
 
 
 def test_collapse_monitor_warns_once_per_episode():
-    m = expert_usage.CollapseMonitor(threshold=0.1, patience=3)
+    m = CollapseMonitor(threshold=0.1, patience=3)
     seen = [m.update("enc0", [50, 5, 45]) for _ in range(5)]
     assert [len(s) for s in seen] == [0, 0, 1, 0, 0] and "enc0 expert 1" in seen[2][0]
     back = m.update("enc0", [40, 20, 40])
     assert len(back) == 1 and "over" in back[0] and "after 5 batches" in back[0]
     assert m.update("enc0", [0, 0, 0]) == []  # no tokens: nothing to say
-    assert expert_usage.CollapseMonitor(0.1, patience=0).update("enc0", [1, 0]) == []
+    assert CollapseMonitor(0.1, patience=0).update("enc0", [1, 0]) == []
 
 
 def test_collapse_advice_is_true_for_each_router():
     """Switch (no mask): a larger balance weight. SparseMixer with tokens that keep one expert:
     the balance loss cannot reach those tokens' routers, and the warning says so."""
-    switch = expert_usage.CollapseMonitor(threshold=0.1, patience=1).update("enc0", [50, 5, 45], one_kept=0.0)
+    switch = CollapseMonitor(threshold=0.1, patience=1).update("enc0", [50, 5, 45], one_kept=0.0)
     assert "consider a larger --moe-balance-weight" in switch[0]
-    sm = expert_usage.CollapseMonitor(threshold=0.1, patience=1).update("enc0", [50, 5, 45], one_kept=0.9)
+    sm = CollapseMonitor(threshold=0.1, patience=1).update("enc0", [50, 5, 45], one_kept=0.9)
     assert "90% of this layer's tokens keep a single expert" in sm[0] and "only through the other 10%" in sm[0]
     assert "consider a larger --moe-balance-weight" not in sm[0]
 

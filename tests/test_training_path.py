@@ -13,7 +13,7 @@ import threading
 import pytest
 
 from conftest import BIN, ROOT, SMALL, json_log, json_out, run
-from fairseq_sparsemixer.batching import split_batch
+from fairseq_sparsemixer.training.batching import split_batch
 
 USER_DIR = str(ROOT / "fairseq_sparsemixer")
 
@@ -77,7 +77,7 @@ def test_suite_subprocesses_see_no_gpu():
 
 
 def test_console_shows_least_loaded_expert_and_file_keeps_every_load(prepared, tmp_path):
-    from fairseq_sparsemixer.progress_log import condense_loads
+    from fairseq_sparsemixer.training.progress_log import condense_loads
 
     assert condense_loads({"loss": "1", "load_enc0_e0": "0.7", "load_enc0_e1": "0.3", "valid_load_dec2_e0": "0.2",
                            "valid_load_dec2_e1": "0.8", "ppl": "2"}) == {
@@ -135,7 +135,7 @@ def test_console_condensed_in_simple_format_with_the_quickstarts_flags(prepared,
         assert len(inner) == 2 and len(valid) == 1, text[-2000:]
         for x, eq in [(inner[-1], "="), (valid[0], " ")]:
             assert all(f"{k}{eq}" in x for k in want) and not any(f"{k}{eq}" in x for k in absent), x
-    from fairseq_sparsemixer.progress_log import condense_line
+    from fairseq_sparsemixer.training.progress_log import condense_line
 
     line = "epoch 001:      2 / 33 loss=1, load_enc0_e0=0.7, load_enc0_e1=0.3, valid_load_dec2_e0=0.2, ppl=2"
     assert condense_line(line) == "epoch 001:      2 / 33 loss=1, load_min_enc0=0.3, valid_load_min_dec2=0.2, ppl=2"

@@ -32,9 +32,9 @@ from fairseq.dataclass import ChoiceEnum
 from fairseq.logging import metrics
 from omegaconf import II
 
-from ..diagnostics.expert_usage import CollapseMonitor
-from ..modules import MoEFeedForward
+from ..models.introspect import moe_named_layers
 from ..modules.attention import ATTENTION_BACKENDS, configure_attention
+from ..training.collapse import CollapseMonitor
 
 
 BALANCE_REDUCTIONS = ["token-mean", "batch-sum"]
@@ -63,18 +63,6 @@ class MoELabelSmoothedCrossEntropyConfig(LabelSmoothedCrossEntropyCriterionConfi
                 "cuDNN SDPA off, which replans every new batch shape (measured 6x faster on an H200); "
                 "torch = torch's own backend choice (modules/attention.py)"})
     cpu: bool = II("common.cpu")  # --cpu: no CUDA attention to configure
-
-
-def _short(name):
-    """'encoder.layers.2.fc1' -> 'enc2'; wrappers' prefixes ('module.' under DDP) are skipped."""
-    parts = name.split(".")
-    side = next((i for i, p in enumerate(parts) if p in ("encoder", "decoder")), 0)
-    idx = next((p for p in parts[side + 1:] if p.isdigit()), "")
-    return {"encoder": "enc", "decoder": "dec"}.get(parts[side], parts[side]) + idx
-
-
-def moe_named_layers(model):
-    return [(_short(n), m) for n, m in model.named_modules() if isinstance(m, MoEFeedForward)]
 
 
 @register_criterion("moe_label_smoothed_cross_entropy", dataclass=MoELabelSmoothedCrossEntropyConfig)

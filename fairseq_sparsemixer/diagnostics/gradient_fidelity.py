@@ -217,7 +217,7 @@ def _fairseq_setup(a):
     from fairseq import checkpoint_utils
 
     import fairseq_sparsemixer  # noqa: F401  (registers the model; allows loading our checkpoints)
-    from fairseq_sparsemixer.criterions.moe_label_smoothed_cross_entropy import moe_named_layers
+    from fairseq_sparsemixer.models.introspect import moe_named_layers
 
     models, cfg, task = checkpoint_utils.load_model_ensemble_and_task([a.path], arg_overrides={"data": a.data})
     model = models[0].eval()

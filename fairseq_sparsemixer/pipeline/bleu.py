@@ -6,7 +6,7 @@
     reference, split hyphenated compounds (a-b -> a ##AT##-##AT## b), then BLEU with no
     further tokenization (multi-bleu.perl equivalent).
 
-    python -m fairseq_sparsemixer.bleu --hyp H --ref R --lang de [--json OUT]
+    python -m fairseq_sparsemixer.pipeline.bleu --hyp H --ref R --lang de [--json OUT]
 """
 import argparse
 import json
@@ -49,7 +49,7 @@ def scores(hyps, refs, lang="de"):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m fairseq_sparsemixer.bleu")
+    p = argparse.ArgumentParser(prog="python -m fairseq_sparsemixer.pipeline.bleu")
     p.add_argument("--hyp", required=True)
     p.add_argument("--ref", required=True)
     p.add_argument("--lang", default="de")

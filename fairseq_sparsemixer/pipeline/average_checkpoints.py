@@ -1,7 +1,7 @@
 """Average the model weights of the last K checkpoints (as fairseq's scripts/average_checkpoints.py,
 which the fairseq wheels do not ship).
 
-    python -m fairseq_sparsemixer.average_checkpoints --save-dir DIR --last K --out FILE
+    python -m fairseq_sparsemixer.pipeline.average_checkpoints --save-dir DIR --last K --out FILE
 
 "Last" = highest update number of checkpoint_*_<updates>.pt files, else highest epoch of
 checkpoint<epoch>.pt files. The output is written to a temporary name and renamed.
@@ -45,7 +45,7 @@ def average(paths):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m fairseq_sparsemixer.average_checkpoints")
+    p = argparse.ArgumentParser(prog="python -m fairseq_sparsemixer.pipeline.average_checkpoints")
     p.add_argument("--save-dir", required=True)
     p.add_argument("--last", type=int, required=True)
     p.add_argument("--out", required=True)

@@ -1,6 +1,6 @@
 """Tokens per update on any number of GPUs (scripts/train_wmt14.sh).
 
-    python -m fairseq_sparsemixer.batching TOKENS TOTAL_BATCH WORLD   ->  "MAX_TOKENS UPDATE_FREQ"
+    python -m fairseq_sparsemixer.training.batching TOKENS TOTAL_BATCH WORLD   ->  "MAX_TOKENS UPDATE_FREQ"
 
 The paper's update is TOKENS × TOTAL_BATCH = 8192 × 16 = 131072 tokens. With W workers
 fairseq's update holds (at most) max_tokens × update_freq × W tokens; update_freq =

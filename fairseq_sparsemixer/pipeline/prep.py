@@ -1,9 +1,9 @@
 """Corpus preparation helpers used by scripts/prepare_wmt14.sh (no fairseq import).
 
-    python -m fairseq_sparsemixer.prep clean SRC TGT OUT_SRC OUT_TGT [--train]
-    python -m fairseq_sparsemixer.prep sgm IN.sgm OUT
-    python -m fairseq_sparsemixer.prep spm-train MODEL_PREFIX VOCAB FILE...
-    python -m fairseq_sparsemixer.prep spm-encode MODEL IN OUT
+    python -m fairseq_sparsemixer.pipeline.prep clean SRC TGT OUT_SRC OUT_TGT [--train]
+    python -m fairseq_sparsemixer.pipeline.prep sgm IN.sgm OUT
+    python -m fairseq_sparsemixer.pipeline.prep spm-train MODEL_PREFIX VOCAB FILE...
+    python -m fairseq_sparsemixer.pipeline.prep spm-encode MODEL IN OUT
 
 Every command writes OUT through a temporary file renamed at the end, and exits with one
 line `prep: error: ...` (status 1) on bad input.
@@ -134,7 +134,7 @@ def spm_encode(model, path, out):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m fairseq_sparsemixer.prep")
+    p = argparse.ArgumentParser(prog="python -m fairseq_sparsemixer.pipeline.prep")
     sub = p.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("clean")
     c.add_argument("src"), c.add_argument("tgt"), c.add_argument("out_src"), c.add_argument("out_tgt")
