@@ -285,10 +285,31 @@ def _layer_step_ops(impl, router="sparsemixer", n=4, tokens=512):
     return c
 
 
+def test_grouped_pads_never_reach_an_expert():
+    """A pad token's input (here one that overflows fp16 in an expert) is not computed by any
+    expert on the grouped path, as on the loop path: outputs 0 at pads, every gradient finite."""
+    torch.manual_seed(0)
+    for impl in ("loop", "grouped"):
+        m = MoEFeedForward(8, 16, 4, expert_impl=impl).train()
+        for e in m.experts:
+            e.fc1.weight.data.abs_()
+        m.half()
+        x = torch.randn(10, 8)
+        x[8] = 6e4  # a pad
+        pad = torch.zeros(10, dtype=torch.bool)
+        pad[7:] = True
+        x = x.half().requires_grad_()
+        y = m(x, pad)
+        y.float().sum().backward()
+        assert (y[pad] == 0).all(), impl
+        bad = [k for k, p in m.named_parameters() if p.grad is not None and not p.grad.isfinite().all()]
+        assert not bad and x.grad.isfinite().all(), (impl, bad)
+
+
 def test_layer_step_op_count():
     """The CPU op count tracks a GPU step's kernel launches (issue 21: the layer is launch-bound).
     A dense FFN step with the same loss: 17 ops. These bounds are today's counts (2026-11-28:
-    loop 156, grouped 155, down from 175 and 182 at 9f14726); the target is <= 70."""
+    loop 156, grouped 156, down from 175 and 182 at 9f14726); the target is <= 70."""
     from fairseq_sparsemixer.diagnostics.host_syncs import AtenOps
 
     dense = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.ReLU(), torch.nn.Linear(256, 64))
@@ -298,7 +319,7 @@ def test_layer_step_op_count():
     assert c.count == 17, c.ops
     loop, grouped = _layer_step_ops("loop"), _layer_step_ops("grouped")
     assert loop.count <= 156, loop.ops
-    assert grouped.count <= 155, grouped.ops
+    assert grouped.count <= 156, grouped.ops
     # the gathers' backward is a plain scatter, never the sorting, accumulating index_put
     assert "index_put" not in loop.ops and "index_put" not in grouped.ops
     assert "index_copy_" in loop.ops

@@ -36,7 +36,7 @@ size R = ceil16(A) + 16·N:
     h     = act(grouped_mm(xs, W1ᵀ, offs) + onehot(group) · B1)        (R, d_ff)
     ys    = (grouped_mm(h, W2ᵀ, offs) + onehot(group) · B2)[row]       (A, d)
 
-Unused rows are computed from x = 0 and never read, and the pads' rows are multiplied by 0, so
+Unused rows and the pads' rows are computed from x = 0 and the pads' outputs are set to 0, so
 they get zero gradient and add nothing to any parameter's gradient. The offsets stay on the
 device: the layer makes no host sync at all. The biases enter as a one-hot matmul (no gather,
 whose backward would scatter). "auto" (default) takes the grouped path where it was measured
@@ -219,9 +219,9 @@ class MoEFeedForward(nn.Module):
         # expert e's tokens fill rows pstart_e.. and the pads (slot N) the rows after every group
         shift = extra.cumsum(0) - extra
         row = torch.arange(a, device=x.device) + shift[expert]  # distinct rows, all < R
-        keep = expert < n
-        # offsets: the group ends, the last at R (its tail rows, pads included, are never read but
-        # by the pads, times 0); built without storing a Python int into a device tensor (a
+        at_pad = (expert == n).unsqueeze(-1)  # (A, 1)
+        # offsets: the group ends, the last at R (its tail rows, the pads' included, hold zeros);
+        # built without storing a Python int into a device tensor (a
         # pageable host-to-device copy: a sync on CUDA)
         ends = (counts + extra).cumsum(0)
         offs = torch.cat([ends[:n - 1], ends.new_full((1,), rows)]).to(torch.int32)
@@ -229,7 +229,9 @@ class MoEFeedForward(nn.Module):
         # (R, N) one-hot for the biases (F.one_hot would read min/max back to check the range)
         onehot = x.new_zeros(rows, n).scatter_(1, group.unsqueeze(1).long(), 1.0)
         stack = lambda get: torch.stack([get(m) for m in self.experts])
-        xs = x.new_zeros(rows, x.size(1)).index_copy(0, row, gather_rows(x, token, unique=top1))
+        # the pads' rows hold 0, not the pad tokens' inputs: whatever those hold (an fp16 overflow,
+        # a NaN) never reaches the last expert's outputs or its gradients
+        xs = x.new_zeros(rows, x.size(1)).index_copy(0, row, gather_rows(x, token, unique=top1).masked_fill(at_pad, 0))
         h = torch.addmm(_grouped_mm(xs, stack(lambda m: m.fc1.weight).transpose(1, 2), offs=offs),
                         onehot, stack(lambda m: m.fc1.bias))
         e0 = self.experts[0]
@@ -237,7 +239,7 @@ class MoEFeedForward(nn.Module):
         ys = torch.addmm(_grouped_mm(h, stack(lambda m: m.fc2.weight).transpose(1, 2), offs=offs),
                          onehot, stack(lambda m: m.fc2.bias))
         ys = gather_rows(ys, row, unique=True)
-        return ys * keep.to(ys.dtype).unsqueeze(-1)  # 0 at pads
+        return ys.masked_fill(at_pad, 0)  # exactly 0 at pads
 
     def _stand_in_term(self, x, route, pad, ys, expert):
         """Σ_{j≠D} (p_j − sg p_j) · sg v_j per token, (T, d) float32: exactly 0 in the forward; in
