@@ -32,7 +32,7 @@ size R = ceil16(A) + 16·N:
     row   = i + Σ_{f<e} (p_f − count_f)       the buffer row of sorted assignment i of expert e
                                               (= start_e + rank within e); the pads (slot N) land
                                               in the last group's tail, after every expert's rows
-    xs    = zeros(R, d) with xs[row] = x[token]                         (unused rows stay 0)
+    xs    = zeros(R, d) with xs[row] = x[token], 0 at pads               (unused rows stay 0)
     h     = act(grouped_mm(xs, W1ᵀ, offs) + onehot(group) · B1)        (R, d_ff)
     ys    = (grouped_mm(h, W2ᵀ, offs) + onehot(group) · B2)[row]       (A, d)
 
@@ -220,9 +220,9 @@ class MoEFeedForward(nn.Module):
         shift = extra.cumsum(0) - extra
         row = torch.arange(a, device=x.device) + shift[expert]  # distinct rows, all < R
         at_pad = (expert == n).unsqueeze(-1)  # (A, 1)
-        # offsets: the group ends, the last at R (its tail rows, the pads' included, hold zeros);
-        # built without storing a Python int into a device tensor (a
-        # pageable host-to-device copy: a sync on CUDA)
+        # offsets: the group ends, the last at R (its tail rows, the pads' included, hold zeros),
+        # built without storing a Python int into a device tensor (a pageable host-to-device
+        # copy: a sync on CUDA)
         ends = (counts + extra).cumsum(0)
         offs = torch.cat([ends[:n - 1], ends.new_full((1,), rows)]).to(torch.int32)
         group = torch.searchsorted(offs, torch.arange(rows, device=x.device, dtype=torch.int32), right=True)
