@@ -39,7 +39,7 @@
 #                 8192 tokens per update: dense and N = 4 (wall ms, GPU-busy share, kernels per update)
 #   model         scripts/benchmark.py model --model-recipe paper: fairseq-train words/s of
 #                 switch_transformer_wmt_en_de (N = 4, 16) / transformer_wmt_en_de, fp16, 8192
-#                 tokens per update, 150 updates, --attention-backend auto and torch (before/after),
+#                 tokens per update, 120 updates, --attention-backend auto and torch (before/after),
 #                 the first epoch apart from the later ones
 #   model-bf16    the same in bf16, --attention-backend auto
 # --smoke runs the same steps on CPU in a few minutes (tests/test_gpu_check.py), without time
@@ -86,7 +86,7 @@ else
     P16=fp16 P_BF=bf16 DIMS=() GEN=() SYNC=(--arch base --device cuda)
     LAYER=(--device cuda --experts 4 16 --tokens 4096 16384 --repeats 5 --warmup 2)
     ROUTER=(--device cuda --dtype bfloat16 --repeats 10 --warmup 3)
-    MODEL=(--model-recipe paper --no-generate --model-experts 4 16 --updates 150 --model-repeats 1 --log-interval 10)
+    MODEL=(--model-recipe paper --no-generate --model-experts 4 16 --updates 120 --model-repeats 1 --log-interval 10)
     AUPD=60
     PROFILE=(--recipe paper --precision fp16) PROFDIMS=(--max-tokens 8192 --update-freq 1) RANKDIMS=(--max-tokens 2048)
 fi
@@ -113,9 +113,12 @@ step() {
     cp "$OUT/summary.tmp" "$OUT/summary.md"  # readable at once if a later step is cut off
     pack
 }
-pack() {  # OUT as one archive (written beside, then moved: never half-written)
+pack() {  # OUT as one archive (written outside OUT, since tar fails on a directory that changes
+    # while it reads it, then moved into place: never half-written)
     [[ -z "$ARCHIVE" ]] && return 0
-    tar czf "$ARCHIVE.tmp" --exclude "$(basename "$ARCHIVE")*" -C "$OUT" . && mv "$ARCHIVE.tmp" "$ARCHIVE"
+    local tmp; tmp="$(mktemp "${TMPDIR:-/tmp}/gpu_check.XXXXXX")"
+    tar czf "$tmp" --exclude "$(basename "$ARCHIVE")*" -C "$OUT" . && cp "$tmp" "$ARCHIVE.tmp" && mv "$ARCHIVE.tmp" "$ARCHIVE"
+    rm -f "$tmp"
 }
 limited() { timeout -k 10 "$LIMIT" "$@"; }  # LIMIT 0: no limit
 last_valid() {  # the last validation loss of a train_wmt14.sh save dir
@@ -161,15 +164,28 @@ PY
 }
 
 step versions 60 "cat $OUT/versions.log" -- python -c '
-import torch, torch.nn.functional as F, fairseq, sacrebleu
+import sys, torch, torch.nn.functional as F, fairseq, sacrebleu
+if sys.argv[1] == "0" and not torch.cuda.is_available():
+    sys.exit("torch " + torch.__version__ + " sees no GPU here (on a CPU machine use --smoke)")
 print("card", torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none (CPU)")
 print("torch", torch.__version__, "CUDA", torch.version.cuda, "fairseq", fairseq.__version__, "sacrebleu", sacrebleu.__version__)
-print("grouped GEMM", "F.grouped_mm" if hasattr(F, "grouped_mm") else "torch._grouped_mm" if hasattr(torch, "_grouped_mm") else "none")'
+print("grouped GEMM", "F.grouped_mm" if hasattr(F, "grouped_mm") else "torch._grouped_mm" if hasattr(torch, "_grouped_mm") else "none")' "$SMOKE"
+if [[ " $STEPS " == *" versions "* ]] && ! grep -q '^| versions | ok' "$OUT/summary.tmp"; then
+    # every later step needs torch, the GPU and fairseq: stop now rather than run each into its limit
+    cp "$OUT/summary.tmp" "$OUT/summary.md"; pack; cat "$OUT/summary.md"
+    die "the versions step failed or hung (torch, the GPU or fairseq is not usable here; $OUT/versions.log says why): no other step was run"
+fi
 step prepare 300 "echo $BIN" -- bash scripts/prepare_wmt14.sh --sample --out "$PREP"
-attention_runs() {  # the same run with --attention-backend auto and torch, in fp16 and bf16
+attention_runs() {  # the same run with --attention-backend auto and torch, in fp16 and bf16: the four
+    # side by side (a correctness check, not a timing; each logs to WORK/attention-*.log)
+    local pids=() p b rc=0
     for p in "$P16" "$P_BF"; do for b in auto torch; do
-        TRAIN_UPDATES=$AUPD train "$p" "attention-$p-$b" --attention-backend "$b" --log-interval 1 || return 1
+        TRAIN_UPDATES=$AUPD train "$p" "attention-$p-$b" --attention-backend "$b" --log-interval 1 \
+            > "$WORK/attention-$p-$b.log" 2>&1 & pids+=($!)
     done; done
+    for p in "${pids[@]}"; do wait "$p" || rc=1; done
+    tail -n 3 "$WORK"/attention-*.log
+    return $rc
 }
 attention_result() {  # per precision: the largest |loss difference| over the updates, valid losses
     python - "$WORK" "$P16" "$P_BF" <<'PY'
@@ -188,7 +204,7 @@ for p in precisions:
           f"{valid['auto']:.3f} torch {valid['torch']:.3f};")
 PY
 }
-step attention 120 "attention_result" -- attention_runs
+step attention 100 "attention_result" -- attention_runs
 step fp16 150 "last_valid $WORK/fp16" -- train "$P16" fp16
 step bf16-grouped 150 "last_valid $WORK/bf16-grouped" -- train "$P_BF" bf16-grouped --moe-expert-impl grouped
 step bf16-loop 150 "last_valid $WORK/bf16-loop" -- train "$P_BF" bf16-loop --moe-expert-impl loop
@@ -209,15 +225,17 @@ layer_result() {  # the layer table's ratios, one line per configuration
 import json, sys
 for r in json.load(open(sys.argv[1]))["layer"]:
     g = f", grouped/dense {r['grouped_over_dense']:.3f} (rel. err {r['grouped_rel_err']:.0e})" if "grouped_over_dense" in r else ""
-    print(f"N={r['experts']} T={r['tokens']}: ours/dense {r['ours_over_dense']:.3f}{g};")
+    k = (" kernels " + "/".join(f"{r[d + '_kernels']:.0f}" for d in ("dense", "ours", "grouped") if d + "_kernels" in r)
+         if "dense_kernels" in r else "")
+    print(f"N={r['experts']} T={r['tokens']}: ours/dense {r['ours_over_dense']:.3f}{g}{k};")
 PY
 }
-step layer-bf16 150 "layer_result $OUT/layer-bf16.json" -- python scripts/benchmark.py layer "${LAYER[@]}" --dtype bfloat16 --json "$OUT/layer-bf16.json"
+step layer-bf16 100 "layer_result $OUT/layer-bf16.json" -- python scripts/benchmark.py layer "${LAYER[@]}" --dtype bfloat16 --json "$OUT/layer-bf16.json"
 step layer-fp16 150 "layer_result $OUT/layer-fp16.json" -- python scripts/benchmark.py layer "${LAYER[@]}" --dtype float16 --json "$OUT/layer-fp16.json"
 step router 120 "python -c 'import json; [print(r[\"arch\"], \"sparsemixer/switch\", r[\"sparsemixer_over_switch\"], end=\"; \") for r in json.load(open(\"$OUT/router.json\"))[\"router\"]]'" -- \
     python scripts/benchmark.py router "${ROUTER[@]}" --json "$OUT/router.json"
 rm -f "$OUT/ranks.json"
-step ranks 120 "layer_keys $OUT/ranks.json" -- ranks
+step ranks 90 "layer_keys $OUT/ranks.json" -- ranks
 [[ $(grep -c '| ranks | ok' "$OUT/summary.tmp") == 1 ]] && { layer_keys "$OUT/ranks.json" > /dev/null || {
     FAILED=1; sed -i 's/^| ranks | ok |/| ranks | FAILED (keys) |/' "$OUT/summary.tmp"; }; }
 profile_runs() {  # profile_train of the dense model and of N = 4 (summaries into OUT, traces in WORK)
@@ -249,10 +267,10 @@ for r in json.load(open(sys.argv[1]))["model"]:
           f"{r['train_wps_first_epoch']:.0f}, {later}), /dense {r['train_over_dense']:.3f};")
 PY
 }
-step profile 150 "profile_result" -- profile_runs
-step model 420 "model_result $OUT/model.json" -- \
+step profile 120 "profile_result" -- profile_runs
+step model 330 "model_result $OUT/model.json" -- \
     python scripts/benchmark.py model "${MODEL[@]}" --model-precision "$P16" --model-attention auto torch --prep-dir "$PREP" --json "$OUT/model.json"
-step model-bf16 180 "model_result $OUT/model-bf16.json" -- \
+step model-bf16 120 "model_result $OUT/model-bf16.json" -- \
     python scripts/benchmark.py model "${MODEL[@]}" --model-precision "$P_BF" --model-attention auto --prep-dir "$PREP" --json "$OUT/model-bf16.json"
 mv "$OUT/summary.tmp" "$OUT/summary.md"
 pack

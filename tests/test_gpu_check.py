@@ -47,3 +47,18 @@ def test_gpu_check_rejects_bad_options(tmp_path):
     assert not (tmp_path / "x").exists()
     p = run(["bash", "scripts/gpu_check.sh", "--steps", "versions fast", "--out", tmp_path / "x"], check=False)
     assert p.returncode == 2 and "--steps: unknown step 'fast'" in p.stderr and not (tmp_path / "x").exists()
+
+
+def test_gpu_check_stops_when_versions_fails(prepared, tmp_path):
+    # not --smoke on a machine whose torch sees no GPU: one clear line, exit 2, no later step run
+    # (on a GPU machine whose torch hangs, the same stop comes after the step's 60 s limit)
+    out = tmp_path / "gc"
+    p = run(["bash", "scripts/gpu_check.sh", "--prep-dir", prepared, "--out", out, "--steps", "versions model",
+             "--archive", tmp_path / "gc.tgz"], check=False)
+    assert p.returncode == 2, p.stdout + p.stderr
+    last = p.stderr.strip().splitlines()[-1]
+    assert last.startswith("gpu_check.sh: error: the versions step failed") and "no other step was run" in last
+    summary = (out / "summary.md").read_text()
+    assert [line.split("|")[1].strip() for line in summary.splitlines()[2:]] == ["versions"]
+    assert "sees no GPU here" in summary and "FAILED" in summary
+    assert (tmp_path / "gc.tgz").is_file() and not (out / "model.log").exists()

@@ -99,6 +99,24 @@ def peak_memory(fn, device, setup=None) -> int:
     return peak
 
 
+def kernel_stats(fn, steps=3):
+    """CUDA only: (kernels, summed kernel ms) per call of fn, from torch.profiler over `steps`
+    calls after one unprofiled call (memcpys and memsets are not kernels; profile_train's rules)."""
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    from .profile_train import device_activity
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for i in range(steps):
+            with record_function(f"update_{i}"):
+                fn()
+                torch.cuda.synchronize()  # the step's kernels end inside its range
+    act = device_activity(prof)
+    return sum(k for *_, k in act) / steps, sum(e - s for _, s, e, k in act if k) / 1e6 / steps
+
+
 def facts(a, device):
     return {"torch": torch.__version__, "device": str(device), "dtype": a.dtype,
             "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
@@ -289,6 +307,14 @@ def suite_layer(a, device, dtype):
                    **{f"{k}_over_dense": round(sec[k] / sec["dense"], 3) for k in designs[1:]},
                    **{f"{k}_peak_mib": round(mem[k] / 2 ** 20, 1) for k in designs},
                    "tokens_per_s_ours": round(t / sec["ours"])}
+            if device.type == "cuda":  # kernels per step and their summed time: launch-bound or not
+                for k in designs:
+                    try:
+                        kern, kms = kernel_stats(fns[k])
+                    except RuntimeError as e:  # a profiler that cannot run here: say so, keep the timings
+                        print(f"[layer] {k}: kernels not counted: {str(e).splitlines()[0][:200]}")
+                        kern = kms = float("nan")
+                    row[f"{k}_kernels"], row[f"{k}_kernel_ms"] = round(kern, 1), round(kms, 3)
             if "grouped" in designs:
                 row["grouped_over_ours"] = round(sec["grouped"] / sec["ours"], 3)
                 row["grouped_rel_err"] = float(f"{grouped_error(mods['ours'], x):.2e}")
@@ -300,6 +326,9 @@ def suite_layer(a, device, dtype):
                   " / ".join(f"{row[k + '_peak_mib']:.0f}" for k in designs) +
                   (f"   grouped/ours {row['grouped_over_ours']:.3f}, rel. error {row['grouped_rel_err']:.1e}"
                    if "grouped" in designs else ""))
+            if device.type == "cuda":
+                print("      kernels per step / summed kernel ms: " +
+                      ", ".join(f"{k} {row[k + '_kernels']:.0f} / {row[k + '_kernel_ms']:.2f}" for k in designs))
             if "ours_profile" in row:
                 print("      ours, share of CPU time: " +
                       ", ".join(f"{k} {v:.0%}" for k, v in row["ours_profile"].items()))
