@@ -7,12 +7,14 @@
 # (README, "Install on a GPU machine").
 #
 #   bash scripts/gpu_check.sh [--out DIR] [--work DIR] [--archive FILE] [--steps "STEP ..."|all]
-#        [--updates 200] [--prep-dir work/sample_en_de] [--smoke]
+#        [--updates 200] [--prep-dir work/sample_en_de] [--budget SECONDS] [--smoke]
 #
 # --work: where the training runs (checkpoints, profiler traces) go, default OUT; OUT keeps the
 # logs, the json results and summary.md. --archive FILE: OUT packed into one .tgz after every step
 # (to copy the results off the machine in one file; a cut-off run keeps the
-# finished steps). --steps: the steps to run, in the order below (default: versions prepare
+# finished steps). --budget S: the whole check within S seconds (a lent machine's call limit): each
+# step is stopped at what is left of S (FAILED), the steps after it are "skipped (budget)"; 0 (the
+# default): only the steps' own limits. --steps: the steps to run, in the order below (default: versions prepare
 # attention ranks profile model, about 8 minutes by estimate; "all" = every step).
 # Each step is logged to OUT/<step>.log and stopped after its time limit; OUT/summary.md,
 # rewritten after every step, says ok/FAILED, seconds and the result.
@@ -52,7 +54,7 @@ set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 die() { echo "gpu_check.sh: error: $*" >&2; exit 2; }
-OUT="${OUT:-$ROOT/work/gpu_check}" WORK="" UPDATES=200 SMOKE=0 PREP="$ROOT/work/sample_en_de" ARCHIVE=""
+OUT="${OUT:-$ROOT/work/gpu_check}" WORK="" UPDATES=200 SMOKE=0 PREP="$ROOT/work/sample_en_de" ARCHIVE="" BUDGET=0
 ALL_STEPS="versions prepare attention fp16 bf16-grouped bf16-loop generate syncs syncs-bf16 layer-bf16 layer-fp16 router ranks profile model model-bf16"
 STEPS="versions prepare attention ranks profile model"
 while [[ $# -gt 0 ]]; do
@@ -62,6 +64,7 @@ while [[ $# -gt 0 ]]; do
         --updates) UPDATES="${2:?}"; shift 2 ;;
         --prep-dir) PREP="${2:?}"; shift 2 ;;
         --archive) ARCHIVE="${2:?}"; shift 2 ;;
+        --budget) BUDGET="${2:?}"; shift 2 ;;
         --steps) STEPS="${2:?}"; shift 2 ;;
         --smoke) SMOKE=1; shift ;;
         -h|--help) awk 'NR > 1 && !/^#/ {exit} NR > 1' "$0"; exit 0 ;;
@@ -69,6 +72,7 @@ while [[ $# -gt 0 ]]; do
     esac
 done
 [[ "$UPDATES" =~ ^[1-9][0-9]*$ ]] || die "--updates must be >= 1, got '$UPDATES'"
+[[ "$BUDGET" =~ ^[0-9]+$ ]] || die "--budget must be a whole number of seconds (0: none), got '$BUDGET'"
 [[ "$STEPS" == all ]] && STEPS="$ALL_STEPS"
 for s in $STEPS; do [[ " $ALL_STEPS " == *" $s "* ]] || die "--steps: unknown step '$s'; valid: $ALL_STEPS (or all)"; done
 [[ -z "$ARCHIVE" || "$ARCHIVE" == *.tgz ]] || die "--archive must name a .tgz file, got '$ARCHIVE'"
@@ -91,14 +95,24 @@ else
     PROFILE=(--recipe paper --precision fp16) PROFDIMS=(--max-tokens 8192 --update-freq 1) RANKDIMS=(--max-tokens 2048)
 fi
 echo "| step | status | seconds | result |" > "$OUT/summary.tmp"; echo "|---|---|---|---|" >> "$OUT/summary.tmp"
-FAILED=0 LIMIT=0
+FAILED=0 LIMIT=0 DEADLINE=0
 # step NAME SECONDS RESULT-COMMAND -- COMMAND...: run COMMAND into OUT/NAME.log, stopped (with every
 # process it started) after SECONDS (not in --smoke), then RESULT-COMMAND for the summary. A
-# shell function as COMMAND passes $LIMIT to `timeout` itself (see limited).
+# shell function as COMMAND stops its runs at the step's deadline itself (see limited).
 step() {
     local name="$1" result="$3"; LIMIT=$2; [[ $SMOKE == 1 ]] && LIMIT=0; shift 4
     [[ " $STEPS " == *" $name "* ]] || return 0
     local t0=$SECONDS status=ok
+    if (( BUDGET > 0 )); then  # the whole check within --budget: a step gets at most what is left
+        local left=$((BUDGET - SECONDS))
+        if (( left < 5 )); then
+            FAILED=1; echo "gpu_check.sh: $name skipped (--budget $BUDGET s spent)"
+            echo "| $name | skipped (budget) | 0 | --budget $BUDGET s spent before this step |" >> "$OUT/summary.tmp"
+            cp "$OUT/summary.tmp" "$OUT/summary.md"; pack; return 0
+        fi
+        (( LIMIT == 0 || LIMIT > left )) && LIMIT=$left
+    fi
+    DEADLINE=$((SECONDS + LIMIT))
     echo "gpu_check.sh: $name"
     if declare -F "$1" > /dev/null; then "$@"; else limited "$@"; fi > "$OUT/$name.log" 2>&1 || status=FAILED
     local r=""
@@ -116,11 +130,18 @@ step() {
 pack() {  # OUT as one archive (written outside OUT, since tar fails on a directory that changes
     # while it reads it, then moved into place: never half-written)
     [[ -z "$ARCHIVE" ]] && return 0
-    local tmp; tmp="$(mktemp "${TMPDIR:-/tmp}/gpu_check.XXXXXX")"
-    tar czf "$tmp" --exclude "$(basename "$ARCHIVE")*" -C "$OUT" . && cp "$tmp" "$ARCHIVE.tmp" && mv "$ARCHIVE.tmp" "$ARCHIVE"
+    local tmp rc=0; tmp="$(mktemp "${TMPDIR:-/tmp}/gpu_check.XXXXXX")" || return 1
+    tar czf "$tmp" --exclude "$(basename "$ARCHIVE")*" -C "$OUT" . && cp --no-preserve=mode "$tmp" "$ARCHIVE.tmp" \
+        && mv "$ARCHIVE.tmp" "$ARCHIVE" || { rc=1; echo "gpu_check.sh: warning: could not write $ARCHIVE" >&2; }
     rm -f "$tmp"
+    return $rc
 }
-limited() { timeout -k 10 "$LIMIT" "$@"; }  # LIMIT 0: no limit
+limited() {  # COMMAND stopped at the step's deadline (LIMIT s after it began; LIMIT 0: none), so
+    # that the runs of a step that makes several share its limit
+    (( LIMIT == 0 )) && { "$@"; return; }
+    local t=$((DEADLINE - SECONDS)); (( t < 1 )) && t=1
+    timeout -k 10 "$t" "$@"
+}
 last_valid() {  # the last validation loss of a train_wmt14.sh save dir
     python - "$1" <<'PY'
 import sys
@@ -173,18 +194,21 @@ print("grouped GEMM", "F.grouped_mm" if hasattr(F, "grouped_mm") else "torch._gr
 if [[ " $STEPS " == *" versions "* ]] && ! grep -q '^| versions | ok' "$OUT/summary.tmp"; then
     # every later step needs torch, the GPU and fairseq: stop now rather than run each into its limit
     cp "$OUT/summary.tmp" "$OUT/summary.md"; pack; cat "$OUT/summary.md"
-    die "the versions step failed or hung (torch, the GPU or fairseq is not usable here; $OUT/versions.log says why): no other step was run"
+    die "the versions step failed, hung or was skipped (torch, the GPU or fairseq is not usable here, or --budget is too small; $OUT/summary.md and versions.log say which): no other step was run"
 fi
 step prepare 300 "echo $BIN" -- bash scripts/prepare_wmt14.sh --sample --out "$PREP"
 attention_runs() {  # the same run with --attention-backend auto and torch, in fp16 and bf16: the four
-    # side by side (a correctness check, not a timing; each logs to WORK/attention-*.log)
-    local pids=() p b rc=0
+    # side by side (a correctness check, not a timing), each logged to OUT/attention-<p>-<b>.log;
+    # the step's log ends with the failed runs' last lines, each under its name
+    local pids=() names=() i rc=0
     for p in "$P16" "$P_BF"; do for b in auto torch; do
         TRAIN_UPDATES=$AUPD train "$p" "attention-$p-$b" --attention-backend "$b" --log-interval 1 \
-            > "$WORK/attention-$p-$b.log" 2>&1 & pids+=($!)
+            > "$OUT/attention-$p-$b.log" 2>&1 & pids+=($!); names+=("attention-$p-$b")
     done; done
-    for p in "${pids[@]}"; do wait "$p" || rc=1; done
-    tail -n 3 "$WORK"/attention-*.log
+    for i in "${!pids[@]}"; do
+        wait "${pids[$i]}" && continue
+        rc=1; echo "${names[$i]} FAILED: $(tail -n 2 "$OUT/${names[$i]}.log" | tr '\n|' '  ')"
+    done
     return $rc
 }
 attention_result() {  # per precision: the largest |loss difference| over the updates, valid losses
@@ -225,12 +249,12 @@ layer_result() {  # the layer table's ratios, one line per configuration
 import json, sys
 for r in json.load(open(sys.argv[1]))["layer"]:
     g = f", grouped/dense {r['grouped_over_dense']:.3f} (rel. err {r['grouped_rel_err']:.0e})" if "grouped_over_dense" in r else ""
-    k = (" kernels " + "/".join(f"{r[d + '_kernels']:.0f}" for d in ("dense", "ours", "grouped") if d + "_kernels" in r)
-         if "dense_kernels" in r else "")
+    k = ("; kernels per step " + ", ".join(f"{d} {r[d + '_kernels']:.0f}" for d in ("dense", "ours", "grouped")
+                                         if d + "_kernels" in r) if "dense_kernels" in r else "")
     print(f"N={r['experts']} T={r['tokens']}: ours/dense {r['ours_over_dense']:.3f}{g}{k};")
 PY
 }
-step layer-bf16 100 "layer_result $OUT/layer-bf16.json" -- python scripts/benchmark.py layer "${LAYER[@]}" --dtype bfloat16 --json "$OUT/layer-bf16.json"
+step layer-bf16 150 "layer_result $OUT/layer-bf16.json" -- python scripts/benchmark.py layer "${LAYER[@]}" --dtype bfloat16 --json "$OUT/layer-bf16.json"
 step layer-fp16 150 "layer_result $OUT/layer-fp16.json" -- python scripts/benchmark.py layer "${LAYER[@]}" --dtype float16 --json "$OUT/layer-fp16.json"
 step router 120 "python -c 'import json; [print(r[\"arch\"], \"sparsemixer/switch\", r[\"sparsemixer_over_switch\"], end=\"; \") for r in json.load(open(\"$OUT/router.json\"))[\"router\"]]'" -- \
     python scripts/benchmark.py router "${ROUTER[@]}" --json "$OUT/router.json"

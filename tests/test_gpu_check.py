@@ -29,7 +29,8 @@ def test_gpu_check_smoke_runs_every_step(prepared, tmp_path):
     assert "later None" not in summary and ("later " in summary or "no later epoch" in summary)
     with tarfile.open(out / "gc.tgz") as t:  # everything in one archive
         names = set(t.getnames())
-    assert {"./summary.md", "./profile-dense.json", "./model.json", "./attention.log"} <= names
+    assert {"./summary.md", "./profile-dense.json", "./model.json", "./attention.log",
+            "./attention-fp32-auto.log", "./attention-bf16-torch.log"} <= names  # each attention run's log
 
 
 def test_gpu_check_runs_the_chosen_steps(prepared, tmp_path):
@@ -47,6 +48,19 @@ def test_gpu_check_rejects_bad_options(tmp_path):
     assert not (tmp_path / "x").exists()
     p = run(["bash", "scripts/gpu_check.sh", "--steps", "versions fast", "--out", tmp_path / "x"], check=False)
     assert p.returncode == 2 and "--steps: unknown step 'fast'" in p.stderr and not (tmp_path / "x").exists()
+    p = run(["bash", "scripts/gpu_check.sh", "--budget", "7m", "--out", tmp_path / "x"], check=False)
+    assert p.returncode == 2 and "--budget must be a whole number of seconds" in p.stderr and not (tmp_path / "x").exists()
+
+
+def test_gpu_check_budget_skips_what_does_not_fit(prepared, tmp_path):
+    # a budget already spent before the first step: every step is "skipped (budget)", and since
+    # versions did not pass, the check stops there with one line
+    out = tmp_path / "gc"
+    p = run(["bash", "scripts/gpu_check.sh", "--smoke", "--budget", "4", "--prep-dir", prepared, "--out", out,
+             "--steps", "versions syncs"], check=False)
+    assert p.returncode == 2 and "the versions step failed, hung or was skipped" in p.stderr.strip().splitlines()[-1]
+    rows = [line.split("|")[1:3] for line in (out / "summary.md").read_text().splitlines()[2:]]
+    assert [(a.strip(), b.strip()) for a, b in rows] == [("versions", "skipped (budget)")]
 
 
 def test_gpu_check_stops_when_versions_fails(prepared, tmp_path):
@@ -54,7 +68,7 @@ def test_gpu_check_stops_when_versions_fails(prepared, tmp_path):
     # (on a GPU machine whose torch hangs, the same stop comes after the step's 60 s limit)
     out = tmp_path / "gc"
     p = run(["bash", "scripts/gpu_check.sh", "--prep-dir", prepared, "--out", out, "--steps", "versions model",
-             "--archive", tmp_path / "gc.tgz"], check=False)
+             "--archive", tmp_path / "gc.tgz"], check=False, env={"CUDA_VISIBLE_DEVICES": ""})  # no GPU, anywhere
     assert p.returncode == 2, p.stdout + p.stderr
     last = p.stderr.strip().splitlines()[-1]
     assert last.startswith("gpu_check.sh: error: the versions step failed") and "no other step was run" in last

@@ -114,7 +114,10 @@ def kernel_stats(fn, steps=3):
                 fn()
                 torch.cuda.synchronize()  # the step's kernels end inside its range
     act = device_activity(prof)
-    return sum(k for *_, k in act) / steps, sum(e - s for _, s, e, k in act if k) / 1e6 / steps
+    kernels = sum(k for *_, k in act)
+    if not kernels:  # the profiler recorded no GPU activity (e.g. CUPTI not permitted): unknown, not 0
+        return float("nan"), float("nan")
+    return kernels / steps, sum(e - s for _, s, e, k in act if k) / 1e6 / steps
 
 
 def facts(a, device):
@@ -311,7 +314,7 @@ def suite_layer(a, device, dtype):
                 for k in designs:
                     try:
                         kern, kms = kernel_stats(fns[k])
-                    except RuntimeError as e:  # a profiler that cannot run here: say so, keep the timings
+                    except Exception as e:  # a profiler that cannot run here: say so, keep the timings
                         print(f"[layer] {k}: kernels not counted: {str(e).splitlines()[0][:200]}")
                         kern = kms = float("nan")
                     row[f"{k}_kernels"], row[f"{k}_kernel_ms"] = round(kern, 1), round(kms, 3)
@@ -328,7 +331,8 @@ def suite_layer(a, device, dtype):
                    if "grouped" in designs else ""))
             if device.type == "cuda":
                 print("      kernels per step / summed kernel ms: " +
-                      ", ".join(f"{k} {row[k + '_kernels']:.0f} / {row[k + '_kernel_ms']:.2f}" for k in designs))
+                      ", ".join(f"{k} {row[k + '_kernels']:.0f} / {row[k + '_kernel_ms']:.2f}" for k in designs) +
+                      " (nan: the profiler saw no GPU activity)" * any(math.isnan(row[k + "_kernels"]) for k in designs))
             if "ours_profile" in row:
                 print("      ours, share of CPU time: " +
                       ", ".join(f"{k} {v:.0%}" for k, v in row["ours_profile"].items()))
