@@ -108,7 +108,7 @@ step() {
         if (( left < 5 )); then
             FAILED=1; echo "gpu_check.sh: $name skipped (--budget $BUDGET s spent)"
             echo "| $name | skipped (budget) | 0 | --budget $BUDGET s spent before this step |" >> "$OUT/summary.tmp"
-            cp "$OUT/summary.tmp" "$OUT/summary.md"; pack; return 0
+            publish; return 0
         fi
         (( LIMIT == 0 || LIMIT > left )) && LIMIT=$left
     fi
@@ -124,8 +124,10 @@ step() {
     fi
     [[ $status == ok ]] || FAILED=1
     echo "| $name | $status | $((SECONDS - t0)) | $r |" >> "$OUT/summary.tmp"
-    cp "$OUT/summary.tmp" "$OUT/summary.md"  # readable at once if a later step is cut off
-    pack
+    publish
+}
+publish() {  # the summary so far, readable at once if a later step is cut off, and the archive
+    cp "$OUT/summary.tmp" "$OUT/summary.md"; pack
 }
 pack() {  # OUT as one archive (written outside OUT, since tar fails on a directory that changes
     # while it reads it, then moved into place: never half-written)
@@ -193,7 +195,7 @@ print("torch", torch.__version__, "CUDA", torch.version.cuda, "fairseq", fairseq
 print("grouped GEMM", "F.grouped_mm" if hasattr(F, "grouped_mm") else "torch._grouped_mm" if hasattr(torch, "_grouped_mm") else "none")' "$SMOKE"
 if [[ " $STEPS " == *" versions "* ]] && ! grep -q '^| versions | ok' "$OUT/summary.tmp"; then
     # every later step needs torch, the GPU and fairseq: stop now rather than run each into its limit
-    cp "$OUT/summary.tmp" "$OUT/summary.md"; pack; cat "$OUT/summary.md"
+    publish; cat "$OUT/summary.md"
     die "the versions step failed, hung or was skipped (torch, the GPU or fairseq is not usable here, or --budget is too small; $OUT/summary.md and versions.log say which): no other step was run"
 fi
 step prepare 300 "echo $BIN" -- bash scripts/prepare_wmt14.sh --sample --out "$PREP"
