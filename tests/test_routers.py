@@ -429,3 +429,40 @@ def test_min_kept_applies_to_the_second_stage_of_v2_top2():
 def test_bad_remedy_options(kwargs):
     with pytest.raises(ValueError):
         build_router("sparsemixer", embed_dim=4, num_experts=4, **kwargs)
+
+
+@pytest.mark.parametrize("name,kw", [("sparsemixer", {}), ("switch", {}), ("sparsemixer", {"balance_probs": "full"}),
+                                     ("sparsemixer-v2", {"top_k": 2}), ("sparsemixer", {"mask": False})])
+@pytest.mark.parametrize("pads", ["none", "some", "all"])
+@pytest.mark.parametrize("losses", [(0.01, 0.001), (1.0, None), (None, 1.0)])
+def test_router_stats_equal_the_reference_bit_for_bit(name, kw, pads, losses):
+    """`router_stats` (an autograd.Function with a written-out backward, fewer ops) against the
+    plain-PyTorch definition `router_stats_reference`: every statistic and the gradient that the
+    balance and z losses send to the logits are equal bit for bit (so training numbers do not
+    move), with pads, a batch of pads only (every statistic 0), and either loss alone. The logged
+    entropy (Σ π log π by xlogy, not by log of π clamped at 1e-30) agrees to rounding."""
+    from fairseq_sparsemixer.routers.stats import router_stats, router_stats_reference
+
+    torch.manual_seed(0)
+    router = build_router(name, embed_dim=8, num_experts=5, **kw).train()
+    x = torch.randn(60, 8)
+    pad = {"none": None, "some": torch.rand(60) < 0.3, "all": torch.ones(60, dtype=torch.bool)}[pads]
+    got = []
+    for fn in (router_stats_reference, router_stats):
+        xi = x.clone().requires_grad_()
+        torch.manual_seed(1)
+        r = router(xi, pad)
+        s = fn(r.logits, r.probs, r.expert_index[:, 0], pad, r.balance_probs)
+        wb, wz = losses
+        loss = (0 if wb is None else wb * s["balance_loss"]) + (0 if wz is None else wz * s["z_loss"])
+        loss.backward()
+        got.append([s[k].detach() for k in ("balance_loss", "z_loss", "expert_counts", "entropy",
+                                            "non_argmax_frac", "one_kept_frac")] + [xi.grad, router.proj.weight.grad])
+        router.zero_grad(set_to_none=True)
+    for i, (a, b) in enumerate(zip(*got)):
+        if i == 3:
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=0)
+        else:
+            assert torch.equal(a, b), (i, a, b)
+    if pads == "all":
+        assert all(t.abs().sum() == 0 for t in got[1][:6])

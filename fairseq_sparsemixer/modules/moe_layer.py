@@ -25,16 +25,19 @@ expert_impl="grouped" replaces the per-expert loop by two grouped GEMMs
 (`torch.nn.functional.grouped_mm`; `torch._grouped_mm` in older torch) over the expert weights
 stacked at each call (the parameters and state-dict keys stay per expert). The kernels want
 every group to start at a multiple of 16 rows (the weight gradient's jagged reduction reads
-from there), so each expert's rows are padded, without a host sync, into a buffer of static
-size R = ceil16(A) + 16·N:
+from there), so each expert's rows are placed, without a sort or a host sync, into a buffer of
+static size R = ceil16(A) + 16·N (`grouped_layout`):
 
-    p_e   = ceil16(count_e)                   padded rows of expert e; offs = cumsum(p)[:N], offs[-1] = R
-    row   = i + Σ_{f<e} (p_f − count_f)       the buffer row of sorted assignment i of expert e
-                                              (= start_e + rank within e); the pads (slot N) land
-                                              in the last group's tail, after every expert's rows
-    xs    = zeros(R, d) with xs[row] = x[token], 0 at pads               (unused rows stay 0)
+    rank  = Σ_{b<a} 1[D_b = D_a]                   a cumulative count over (A, N + 1) one-hots
+    B_e   = 16 (⌊S_e / 16⌋ + e)                    group e's first row, S_e = Σ_{f<e} count_f;
+                                                   offs = (B_1, ..., B_{N−1}, R)
+    row   = B_{D_a} + rank_a                       the buffer row of assignment a; the pads
+                                                   (slot N) land in the last group's tail
+    xs    = zeros(R, d) with xs[row] = x_token, 0 at pads                (unused rows stay 0)
     h     = act(grouped_mm(xs, W1ᵀ, offs) + onehot(group) · B1)        (R, d_ff)
-    ys    = (grouped_mm(h, W2ᵀ, offs) + onehot(group) · B2)[row]       (A, d)
+    ys    = (grouped_mm(h, W2ᵀ, offs) + onehot(group) · B2)[row]       (A, d), assignment order
+
+so that the gate and the sum over the k choices need no index: y = Σ_k gate_k · ys (T, k, d).
 
 Unused rows and the pads' rows are computed from x = 0 and the pads' outputs are set to 0, so
 they get zero gradient and add nothing to any parameter's gradient. The offsets stay on the
@@ -68,6 +71,26 @@ def grouped_by_default(device_type: str, x_dtype: torch.dtype, weight_dtype: tor
 
 _ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu, "silu": F.silu, "swish": F.silu,
                 "tanh": torch.tanh, "linear": lambda x: x}
+
+
+def grouped_layout(expert: torch.Tensor, num_experts: int, align: int = _GROUP_ALIGN):
+    """The grouped GEMM's row buffer: (row (A,), offs (N,) int32, R). `expert` (A,): the expert
+    of each assignment, N for a pad. Expert e's assignments take rows B_e, B_e + 1, ... in
+    assignment order, B_e = align · (⌊S_e / align⌋ + e), S_e = Σ_{f<e} count_f: a multiple of
+    `align`, 1 to 2·align − 1 rows after group e − 1's last (B_{e+1} − B_e − count_e =
+    align − S_{e+1} mod align + S_e mod align). The pads (slot N) take rows B_N.. < R =
+    align · ⌈A / align⌉ + align · N, in the last group (offs[-1] = R), whose tail rows hold zeros.
+    offs[e] = B_{e+1}: the end of group e. No sort and no host sync: a cumulative count gives
+    each assignment's rank among its expert's."""
+    n, a = num_experts, expert.numel()
+    rows = -(-a // align) * align + n * align  # R, static
+    slots = torch.arange(n + 1, device=expert.device)
+    cum = (expert.unsqueeze(1) == slots).cumsum(0)  # (A, N + 1): assignments of e among the first a
+    counts = cum[-1]
+    start = (counts.cumsum(0) - counts).div(align, rounding_mode="floor").add_(slots).mul_(align)  # B
+    row = cum.gather(1, expert.unsqueeze(1)).squeeze(1) + (start - 1)[expert]  # distinct, < R
+    offs = F.pad(start[1:n], (0, 1), value=rows).to(torch.int32)
+    return row, offs, rows
 
 
 class Expert(nn.Module):
@@ -166,27 +189,35 @@ class MoEFeedForward(nn.Module):
         route = self.router(x, pad)
         self.last = route
         n, k = self.num_experts, route.expert_index.size(1)
-        # assignments (A,) = (token, expert, gate), sorted by expert; pads to the discard slot n.
-        # Top-1: the token of sorted position i is order[i]; the gathers are permutations.
+        # the expert of every assignment (A,) = (token, choice), pads sent to the discard slot n
         expert = route.expert_index.reshape(-1)
-        if pad is not None:
-            expert = expert.masked_fill(pad if k == 1 else pad.repeat_interleave(k), n)
-        expert, order = torch.sort(expert, stable=True)
-        token = order if k == 1 else order.div(k, rounding_mode="floor")
-        gate = gather_rows(route.gate.reshape(-1), order, unique=True)
-        counts = torch.zeros(n + 1, dtype=torch.long, device=x.device).scatter_add_(0, expert, torch.ones_like(expert))
+        pad_a = None if pad is None else (pad if k == 1 else pad.repeat_interleave(k))
+        if pad_a is not None:
+            expert = expert.masked_fill(pad_a, n)
         self.last_dropped = 0
         self.last_impl = "grouped" if self.uses_grouped(x) else "loop"
         if self.last_impl == "grouped":
-            ys = self._grouped(x, token, expert, counts, k == 1)  # f_e(x_token), 0 at pads
+            # f_e(x_token) in assignment order (0 at pads): the gate and the sum over the k
+            # choices need no index; `expert` is that order's
+            ys, token, gate = self._grouped(x, expert, pad_a, k), None, route.gate.reshape(-1)
         else:
+            # sorted by expert, top-1: the token of sorted position i is order[i]; the gathers
+            # are permutations
+            expert, order = torch.sort(expert, stable=True)
+            token = order if k == 1 else order.div(k, rounding_mode="floor")
+            gate = gather_rows(route.gate.reshape(-1), order, unique=True)
+            counts = torch.zeros(n + 1, dtype=torch.long, device=x.device).scatter_add_(
+                0, expert, torch.ones_like(expert))
             ys, token, expert, gate = self._loop(x, token, expert, gate, counts, k == 1)
         stand_in = None
         if self.router.stand_in is not None and self.training and torch.is_grad_enabled():
             stand_in = self._stand_in_term(x, route, pad, ys, expert)
         if self.gate_scaling:
             ys = ys * gate.unsqueeze(-1).to(ys.dtype)
-        out = x.new_zeros(x.shape).index_add_(0, token, ys.to(x.dtype))
+        if token is None:
+            out = (ys if k == 1 else ys.view(-1, k, ys.size(-1)).sum(1)).to(x.dtype)
+        else:
+            out = x.new_zeros(x.shape).index_add_(0, token, ys.to(x.dtype))
         if stand_in is not None:
             out = out + stand_in.to(out.dtype)  # 0 in the forward
         if self.omega is not None:
@@ -209,29 +240,22 @@ class MoEFeedForward(nn.Module):
                         for f, chunk in zip(self.experts, xs.split(sizes))])
         return ys, token, expert, gate
 
-    def _grouped(self, x, token, expert, counts, top1):
-        """(A, d) f_e(x_token) of every assignment (sorted by expert), 0 at pads, by two grouped
-        GEMMs over a row buffer in which each expert's group starts at a multiple of 16."""
-        n, a, al = self.num_experts, token.numel(), _GROUP_ALIGN
-        rows = -(-a // al) * al + n * al  # R, static: no host sync
-        extra = counts.neg().remainder_(al)  # (N + 1,) rows of padding after each expert's tokens
-        # buffer row − sorted position, per expert: the padding of the experts before it, so that
-        # expert e's tokens fill rows pstart_e.. and the pads (slot N) the rows after every group
-        shift = extra.cumsum(0) - extra
-        row = torch.arange(a, device=x.device) + shift[expert]  # distinct rows, all < R
-        at_pad = (expert == n).unsqueeze(-1)  # (A, 1)
-        # offsets: the group ends, the last at R (its tail rows, the pads' included, hold zeros),
-        # built without storing a Python int into a device tensor (a pageable host-to-device
-        # copy: a sync on CUDA)
-        ends = (counts + extra).cumsum(0)
-        offs = torch.cat([ends[:n - 1], ends.new_full((1,), rows)]).to(torch.int32)
+    def _grouped(self, x, expert, pad, k):
+        """(A, d) f_e(x_token) of every assignment, in assignment order (token-major, k choices
+        each), 0 at pads (`expert` n): two grouped GEMMs over a row buffer in which each expert's
+        group starts at a multiple of 16 (module doc). No sort and no host sync."""
+        n = self.num_experts
+        row, offs, rows = grouped_layout(expert, n)
         group = torch.searchsorted(offs, torch.arange(rows, device=x.device, dtype=torch.int32), right=True)
         # (R, N) one-hot for the biases (F.one_hot would read min/max back to check the range)
-        onehot = x.new_zeros(rows, n).scatter_(1, group.unsqueeze(1).long(), 1.0)
+        onehot = x.new_zeros(rows, n).scatter_(1, group.unsqueeze(1), 1.0)
         stack = lambda get: torch.stack([get(m) for m in self.experts])
         # the pads' rows hold 0, not the pad tokens' inputs: whatever those hold (an fp16 overflow,
         # a NaN) never reaches the last expert's outputs or its gradients
-        xs = x.new_zeros(rows, x.size(1)).index_copy(0, row, gather_rows(x, token, unique=top1).masked_fill(at_pad, 0))
+        xa = x if k == 1 else x.unsqueeze(1).expand(-1, k, -1).reshape(-1, x.size(1))
+        if pad is not None:
+            xa = xa.masked_fill(pad.unsqueeze(-1), 0)
+        xs = x.new_zeros(rows, x.size(1)).index_copy(0, row, xa)  # backward: an index_select
         h = torch.addmm(_grouped_mm(xs, stack(lambda m: m.fc1.weight).transpose(1, 2), offs=offs),
                         onehot, stack(lambda m: m.fc1.bias))
         e0 = self.experts[0]
@@ -239,7 +263,7 @@ class MoEFeedForward(nn.Module):
         ys = torch.addmm(_grouped_mm(h, stack(lambda m: m.fc2.weight).transpose(1, 2), offs=offs),
                          onehot, stack(lambda m: m.fc2.bias))
         ys = gather_rows(ys, row, unique=True)
-        return ys.masked_fill(at_pad, 0)  # exactly 0 at pads
+        return ys if pad is None else ys.masked_fill(pad.unsqueeze(-1), 0)  # exactly 0 at pads
 
     def _stand_in_term(self, x, route, pad, ys, expert):
         """Σ_{j≠D} (p_j − sg p_j) · sg v_j per token, (T, d) float32: exactly 0 in the forward; in

@@ -19,6 +19,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .stats import router_stats
+
 
 @dataclass
 class RouterOutput:
@@ -50,30 +52,11 @@ class RouterOutput:
 
     @cached_property
     def _stats(self):
-        """Masked means over the non-pad tokens, all from one reduction: with keep_t = 1 at
-        non-pad tokens and the columns V = [P (N), lse(θ)² , Σ_j p_j log p_j, 1[first ≠ argmax θ],
-        1[one kept]] of every token, keep @ V / Σ keep gives the N means P̄_e and the four token
-        means at once (fewer, larger ops: each op is a kernel launch on a GPU). No boolean
-        indexing, no data-dependent branch: reading them never waits for the device."""
-        n = self.probs.size(-1)
-        first, p, lg = self.expert_index[:, 0], self.probs, self.logits
-        with torch.autocast(device_type=lg.device.type, enabled=False):
-            if self.padding_mask is None:
-                keep = p.new_ones(p.size(0))
-            else:
-                keep = (~self.padding_mask.reshape(-1)).to(p.dtype)
-            denom = keep.sum().clamp_min(1.0)  # no token: every statistic is 0
-            pb = p if self.balance_probs is None else self.balance_probs
-            with torch.no_grad():  # logged only
-                logged = torch.stack([(p * p.clamp_min(1e-30).log()).sum(-1), first != lg.argmax(dim=-1),
-                                      (p > 0).sum(-1) == 1], -1)
-            columns = torch.cat([pb, torch.logsumexp(lg, dim=-1).square().unsqueeze(-1), logged], -1)
-            means = (keep @ columns) / denom  # (N + 4,); differentiable in P̄ and the z-loss
-            counts = torch.zeros(n, dtype=torch.long, device=p.device).scatter_add_(0, first, keep.long())
-            frac = counts.to(p.dtype) / denom  # f_e, no gradient
-            return dict(balance_loss=n * (frac @ means[:n]), z_loss=means[n], expert_counts=counts,
-                        entropy=-means[n + 1].detach(), non_argmax_frac=means[n + 2].detach(),
-                        one_kept_frac=means[n + 3].detach())
+        """Masked means over the non-pad tokens (routers/stats.py): no boolean indexing, no
+        data-dependent branch, so reading them never waits for the device."""
+        with torch.autocast(device_type=self.logits.device.type, enabled=False):
+            return router_stats(self.logits, self.probs, self.expert_index[:, 0], self.padding_mask,
+                                self.balance_probs)
 
 
 def relative_mask(logits: torch.Tensor, jitter_eps: float, best: Optional[torch.Tensor] = None,

@@ -99,11 +99,13 @@ class SparseMixerRouter(Router):
     def balance_probs_of(self, logits):
         return logits.softmax(dim=-1) if self.balance_probs == "full" else None
 
-    def _stage(self, logits, drop):
-        """One routing stage on the experts not dropped: (index, gate, probs)."""
+    def _stage(self, logits, drop, best=None):
+        """One routing stage on the experts not dropped: (index, gate, probs). `best`: the
+        argmax of the kept logits where the caller has it."""
         masked = logits.masked_fill(drop, float("-inf")) if drop is not None else logits
         probs = masked.softmax(dim=-1)  # π, differentiable (used by the balance loss)
-        best = masked.argmax(dim=-1, keepdim=True)
+        if best is None:
+            best = masked.argmax(dim=-1, keepdim=True)
         if not self.training:
             return best, probs.gather(-1, best), probs
         with torch.no_grad():
@@ -113,8 +115,11 @@ class SparseMixerRouter(Router):
         return index, gate, probs
 
     def select(self, logits):
-        drop = relative_mask(logits, self.jitter_eps, min_kept=self.min_kept) if self.mask else None
-        index, gate, probs = self._stage(logits, drop)
+        # the best logit and its expert in one op: the mask never drops the best, so the argmax
+        # of the kept logits is the argmax of all (the first on a tie, as argmax)
+        top, best = logits.detach().max(dim=-1, keepdim=True)
+        drop = relative_mask(logits, self.jitter_eps, best=top, min_kept=self.min_kept) if self.mask else None
+        index, gate, probs = self._stage(logits, drop, best)
         if self.top_k == 1:
             return index, gate, probs
         # second expert (v2 top-2): exclude the first, threshold against the best remaining
