@@ -23,8 +23,6 @@ entropy agrees to rounding (−Σ π log π is computed by `torch.special.entr`,
 clamped at 1e-30). Issue 21: on 512 tokens with pads, all six read, the reference dispatches 28
 aten ops forward and 13 backward; this one 23 and 11.
 """
-from typing import Optional
-
 import torch
 
 
@@ -92,5 +90,6 @@ def router_stats(logits, probs, first, padding_mask=None, balance_probs=None) ->
     keep = p.new_ones(p.size(0)) if padding_mask is None else (~padding_mask.reshape(-1)).to(p.dtype)
     pb = p if balance_probs is None else balance_probs
     balance, z, counts, logged = RouterStats.apply(logits, pb, p.detach(), first, keep)
+    logged = logged.detach()  # no gradient, as in the reference
     return dict(balance_loss=balance, z_loss=z, expert_counts=counts, entropy=logged[0],
                 non_argmax_frac=logged[1], one_kept_frac=logged[2])
