@@ -131,10 +131,11 @@ publish() {  # the summary so far, readable at once if a later step is cut off, 
     cp "$OUT/summary.tmp" "$OUT/summary.md"; pack
 }
 pack() {  # OUT as one archive (written outside OUT, since tar fails on a directory that changes
-    # while it reads it, then moved into place: never half-written)
+    # while it reads it, then moved into place: never half-written); checkpoints are left out
+    # (with WORK = OUT they made it ~100 MB, re-packed after every step)
     [[ -z "$ARCHIVE" ]] && return 0
     local tmp rc=0; tmp="$(mktemp "${TMPDIR:-/tmp}/gpu_check.XXXXXX")" || return 1
-    tar czf "$tmp" --exclude "$(basename "$ARCHIVE")*" -C "$OUT" . && cp --no-preserve=mode "$tmp" "$ARCHIVE.tmp" \
+    tar czf "$tmp" --exclude "$(basename "$ARCHIVE")*" --exclude "*.pt" -C "$OUT" . && cp --no-preserve=mode "$tmp" "$ARCHIVE.tmp" \
         && mv "$ARCHIVE.tmp" "$ARCHIVE" || { rc=1; echo "gpu_check.sh: warning: could not write $ARCHIVE" >&2; }
     rm -f "$tmp"
     return $rc

@@ -31,6 +31,7 @@ def test_gpu_check_smoke_runs_every_step(prepared, tmp_path):
         names = set(t.getnames())
     assert {"./summary.md", "./profile-dense.json", "./model.json", "./attention.log",
             "./attention-fp32-auto.log", "./attention-bf16-torch.log"} <= names  # each attention run's log
+    assert not [n for n in names if n.endswith(".pt")]  # no checkpoint: the archive stays small
 
 
 def test_gpu_check_runs_the_chosen_steps(prepared, tmp_path):
