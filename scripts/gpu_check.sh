@@ -83,7 +83,8 @@ BIN="$PREP/bin"
 SMALL=(--encoder-embed-dim 64 --decoder-embed-dim 64 --encoder-ffn-embed-dim 128 --decoder-ffn-embed-dim 128
        --encoder-attention-heads 2 --decoder-attention-heads 2 --max-tokens 1024)
 if [[ $SMOKE == 1 ]]; then
-    # validation on 4 batches: the whole valid set took ~3/4 of each 2-update CPU run
+    # validation on 5 batches (fairseq stops after batch --max-valid-steps): the whole valid set
+    # took ~3/4 of each 2-update CPU run
     P16=fp32 P_BF=bf16 DIMS=("${SMALL[@]}" --max-valid-steps 4) GEN=(--beam 1 -- --max-len-a 0 --max-len-b 4) SYNC=(--arch tiny --device cpu)
     LAYER=(--quick --device cpu) ROUTER=(--quick --device cpu) MODEL=(--quick --no-generate)
     AUPD=$UPDATES PROFILE=(--recipe cpu-tiny --profile-warmup 1 --profile-updates 1) PROFDIMS=("${SMALL[@]}") RANKDIMS=("${SMALL[@]}")

@@ -20,7 +20,8 @@ os.environ["CUDA_VISIBLE_DEVICES"] = ""
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent  # the venv's fairseq-* and sacrebleu
 # a model small enough for a few updates in seconds (dims override the recipe's arch); validation
-# on the first 4 batches of the valid set (the whole set took most of a 2-update run's time)
+# on the first 5 batches of the valid set (fairseq stops after batch --max-valid-steps; the whole
+# set took most of a 2-update run's time)
 SMALL = ["--encoder-embed-dim", "64", "--decoder-embed-dim", "64", "--encoder-ffn-embed-dim", "128",
          "--decoder-ffn-embed-dim", "128", "--encoder-attention-heads", "2", "--decoder-attention-heads", "2",
          "--max-tokens", "1024", "--log-interval", "1", "--no-progress-bar", "--max-valid-steps", "4"]

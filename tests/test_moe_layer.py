@@ -340,7 +340,7 @@ def test_host_sync_counter_sees_python_numbers_stored_into_tensors():
     assert s.ops == {"copy_[python number]": 1}, s.ops
 
 
-@pytest.mark.parametrize("case", ["random", "one expert", "pads only", "aligned", "no pads"])
+@pytest.mark.parametrize("case", ["random", "one expert", "pads only", "aligned", "no pads", "empty"])
 def test_grouped_layout_against_its_definition(case):
     """Every assignment gets its own row; expert e's rows are B_e, B_e + 1, ... in assignment
     order, B_e a multiple of 16 inside group e of `offs`; the pads' rows lie in the last group,
@@ -353,11 +353,12 @@ def test_grouped_layout_against_its_definition(case):
               "pads only": torch.full((9,), n),
               # A a multiple of 16 and S_N = 33 ≡ 1 (mod 16): the pads' rows reach furthest
               "aligned": torch.cat([torch.zeros(17, dtype=torch.long), torch.full((16,), 4), torch.full((15,), n)]),
-              "no pads": torch.randint(0, n, (64,), generator=g)}[case]
+              "no pads": torch.randint(0, n, (64,), generator=g),
+              "empty": torch.zeros(0, dtype=torch.long)}[case]
     row, offs, rows = grouped_layout(expert, n)
     a = expert.numel()
     assert rows == -(-a // 16) * 16 + 16 * n and offs.dtype == torch.int32 and offs[-1] == rows
-    assert row.unique().numel() == a and 0 <= row.min() and row.max() < rows
+    assert row.unique().numel() == a and (a == 0 or (0 <= row.min() and row.max() < rows))
     group = torch.searchsorted(offs, row.to(torch.int32), right=True)
     ends = offs.tolist()
     last_expert_row = -1
@@ -371,3 +372,15 @@ def test_grouped_layout_against_its_definition(case):
             last_expert_row = max(last_expert_row, int(mine.max()))
     pads = row[expert == n]
     assert (group[expert == n] == n - 1).all() and (pads > last_expert_row).all()
+
+
+@pytest.mark.parametrize("top_k,router", [(1, "sparsemixer"), (2, "sparsemixer-v2")])
+def test_grouped_gemm_on_no_token(top_k, router):
+    """A batch of no token: an empty output and zero gradients on the grouped path, as on the loop."""
+    loop, grouped = _loop_and_grouped(router=router, top_k=top_k)
+    for m in (loop, grouped):
+        x = torch.zeros(0, 8, requires_grad=True)
+        y = m(x)
+        assert y.shape == (0, 8)
+        y.sum().backward()
+        assert all(p.grad is None or torch.all(p.grad == 0) for p in m.experts.parameters())

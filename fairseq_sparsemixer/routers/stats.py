@@ -24,6 +24,7 @@ clamped at 1e-30). Issue 21: on 512 tokens with pads, all six read, the referenc
 aten ops forward and 13 backward; this one 23 and 11.
 """
 import torch
+from torch.autograd.function import once_differentiable
 
 
 def _means(keep, columns, denom):
@@ -69,6 +70,7 @@ class RouterStats(torch.autograd.Function):
         return n * (frac @ means[:n]), means[n], counts, means[n + 1:]
 
     @staticmethod
+    @once_differentiable  # lse is saved from the forward: a second derivative would miss its term
     def backward(ctx, g_balance, g_z, _counts, _logged):
         logits, lse, frac, keep, denom = ctx.saved_tensors
         n = frac.numel()
