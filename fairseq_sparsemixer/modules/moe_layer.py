@@ -13,8 +13,9 @@ gradient back without summing (modules/ops.py: no sorting index_put on CUDA).
 
 Pad tokens are sent to a discard slot N, sorted after every expert and cut off, so that no
 boolean indexing is needed. The only host-device synchronization of a forward (and its
-backward) is the one `.tolist()` of the counts that sizes the split (plus, with a capacity
-limit, the indexing that drops the overflow).
+backward) is the one `.tolist()` of where each expert's run of the sorted experts ends
+(`searchsorted`), which sizes the split (plus, with a capacity limit, the indexing that drops
+the overflow).
 
 Memory is O(A × d); there is never a (tokens × experts × capacity) one-hot. With autograd on,
 every expert is called, on an empty slice if it gets no token, so each expert parameter is
@@ -206,9 +207,9 @@ class MoEFeedForward(nn.Module):
             expert, order = torch.sort(expert, stable=True)
             token = order if k == 1 else order.div(k, rounding_mode="floor")
             gate = gather_rows(route.gate.reshape(-1), order, unique=True)
-            counts = torch.zeros(n + 1, dtype=torch.long, device=x.device).scatter_add_(
-                0, expert, torch.ones_like(expert))
-            ys, token, expert, gate = self._loop(x, token, expert, gate, counts, k == 1)
+            # where each expert's run of the sorted experts ends (the pads' slot N is not needed)
+            ends = torch.searchsorted(expert, torch.arange(n, device=x.device), right=True)
+            ys, token, expert, gate = self._loop(x, token, expert, gate, ends, k == 1)
         stand_in = None
         if self.router.stand_in is not None and self.training and torch.is_grad_enabled():
             stand_in = self._stand_in_term(x, route, pad, ys, expert)
@@ -224,10 +225,12 @@ class MoEFeedForward(nn.Module):
             out = out * self.omega.to(out.dtype)
         return out.reshape(shape)
 
-    def _loop(self, x, token, expert, gate, counts, top1):
+    def _loop(self, x, token, expert, gate, ends, top1):
         """(f_e(x_token) of every routed assignment, its tokens, experts, gates): one matmul pair
-        per expert on the contiguous slice of its tokens, sized by the one host sync."""
-        sizes = counts.tolist()[:self.num_experts]  # the host sync
+        per expert on the contiguous slice of its tokens, sized by the one host sync (`ends`: the
+        end of each expert's run in the sorted order)."""
+        ends = ends.tolist()  # the host sync
+        sizes = [b - a for a, b in zip([0] + ends[:-1], ends)]
         routed = sum(sizes)  # non-pad assignments, sorted first
         token, expert, gate = token[:routed], expert[:routed], gate[:routed]
         if self.capacity_factor > 0:
