@@ -440,7 +440,8 @@ def test_router_stats_equal_the_reference_bit_for_bit(name, kw, pads, losses):
     plain-PyTorch definition `router_stats_reference`: every statistic and the gradient that the
     balance and z losses send to the logits are equal bit for bit (so training numbers do not
     move), with pads, a batch of pads only (every statistic 0), and either loss alone. The logged
-    entropy (Σ π log π by xlogy, not by log of π clamped at 1e-30) agrees to rounding."""
+    entropy (−Σ π log π by torch.special.entr, not by the log of π clamped at 1e-30) agrees to
+    rounding."""
     from fairseq_sparsemixer.routers.stats import router_stats, router_stats_reference
 
     torch.manual_seed(0)
