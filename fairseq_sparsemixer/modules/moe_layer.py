@@ -197,25 +197,19 @@ class MoEFeedForward(nn.Module):
             expert = expert.masked_fill(pad_a, n)
         self.last_dropped = 0
         self.last_impl = "grouped" if self.uses_grouped(x) else "loop"
+        gate = route.gate.reshape(-1)
         if self.last_impl == "grouped":
             # f_e(x_token) in assignment order (0 at pads): the gate and the sum over the k
             # choices need no index; `expert` is that order's
-            ys, token, gate = self._grouped(x, expert, pad_a, k), None, route.gate.reshape(-1)
+            ys = self._grouped(x, expert, pad_a, k)
         else:
-            # sorted by expert, top-1: the token of sorted position i is order[i]; the gathers
-            # are permutations
-            expert, order = torch.sort(expert, stable=True)
-            token = order if k == 1 else order.div(k, rounding_mode="floor")
-            gate = gather_rows(route.gate.reshape(-1), order, unique=True)
-            # where each expert's run of the sorted experts ends (the pads' slot N is not needed)
-            ends = torch.searchsorted(expert, torch.arange(n, device=x.device), right=True)
-            ys, token, expert, gate = self._loop(x, token, expert, gate, ends, k == 1)
+            ys, token, expert, gate = self._loop(x, expert, gate, k)
         stand_in = None
         if self.router.stand_in is not None and self.training and torch.is_grad_enabled():
             stand_in = self._stand_in_term(x, route, pad, ys, expert)
         if self.gate_scaling:
             ys = ys * gate.unsqueeze(-1).to(ys.dtype)
-        if token is None:
+        if self.last_impl == "grouped":
             out = (ys if k == 1 else ys.view(-1, k, ys.size(-1)).sum(1)).to(x.dtype)
         else:
             out = x.new_zeros(x.shape).index_add_(0, token, ys.to(x.dtype))
@@ -225,10 +219,17 @@ class MoEFeedForward(nn.Module):
             out = out * self.omega.to(out.dtype)
         return out.reshape(shape)
 
-    def _loop(self, x, token, expert, gate, ends, top1):
-        """(f_e(x_token) of every routed assignment, its tokens, experts, gates): one matmul pair
-        per expert on the contiguous slice of its tokens, sized by the one host sync (`ends`: the
-        end of each expert's run in the sorted order)."""
+    def _loop(self, x, expert, gate, k):
+        """(f_e(x_token) of every routed assignment, its tokens, experts, gates), sorted by expert:
+        one matmul pair per expert on the contiguous slice of its tokens, sized by the one host
+        sync. `expert`, `gate` (A,) in assignment order, pads at the discard slot N."""
+        # top-1: the token of sorted position i is order[i]; the gathers are permutations
+        top1 = k == 1
+        expert, order = torch.sort(expert, stable=True)
+        token = order if top1 else order.div(k, rounding_mode="floor")
+        gate = gather_rows(gate, order, unique=True)
+        # where each expert's run of the sorted experts ends (the pads' slot N is not needed)
+        ends = torch.searchsorted(expert, torch.arange(self.num_experts, device=x.device), right=True)
         ends = ends.tolist()  # the host sync
         sizes = [b - a for a, b in zip([0] + ends[:-1], ends)]
         routed = sum(sizes)  # non-pad assignments, sorted first

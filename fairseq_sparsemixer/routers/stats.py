@@ -31,10 +31,23 @@ def _means(keep, columns, denom):
     return (keep @ columns) / denom
 
 
+def _keep(probs, padding_mask):
+    """keep_t (T,): 1 at non-pad tokens, in the dtype of the probabilities."""
+    if padding_mask is None:
+        return probs.new_ones(probs.size(0))
+    return (~padding_mask.reshape(-1)).to(probs.dtype)
+
+
+def _counts_frac(first, keep, n, denom):
+    """(counts (N,) int64, f = counts / Σ keep): the non-pad tokens whose first choice is e."""
+    counts = torch.zeros(n, dtype=torch.long, device=keep.device).scatter_add_(0, first, keep.long())
+    return counts, counts.to(keep.dtype) / denom
+
+
 def router_stats_reference(logits, probs, first, padding_mask=None, balance_probs=None) -> dict:
     """The definition, in plain PyTorch (autograd differentiates the balance and z losses)."""
     n, p, lg = probs.size(-1), probs, logits
-    keep = p.new_ones(p.size(0)) if padding_mask is None else (~padding_mask.reshape(-1)).to(p.dtype)
+    keep = _keep(p, padding_mask)
     denom = keep.sum().clamp_min(1.0)
     pb = p if balance_probs is None else balance_probs
     with torch.no_grad():
@@ -42,8 +55,7 @@ def router_stats_reference(logits, probs, first, padding_mask=None, balance_prob
                               (p > 0).sum(-1) == 1], -1)
     columns = torch.cat([pb, torch.logsumexp(lg, dim=-1).square().unsqueeze(-1), logged], -1)
     means = _means(keep, columns, denom)
-    counts = torch.zeros(n, dtype=torch.long, device=p.device).scatter_add_(0, first, keep.long())
-    frac = counts.to(p.dtype) / denom
+    counts, frac = _counts_frac(first, keep, n, denom)
     return dict(balance_loss=n * (frac @ means[:n]), z_loss=means[n], expert_counts=counts,
                 entropy=-means[n + 1].detach(), non_argmax_frac=means[n + 2].detach(),
                 one_kept_frac=means[n + 3].detach())
@@ -62,8 +74,7 @@ class RouterStats(torch.autograd.Function):
                              (first != logits.argmax(dim=-1)).unsqueeze(-1),
                              (torch.count_nonzero(probs, dim=-1) == 1).unsqueeze(-1)], -1)
         means = _means(keep, columns, denom)
-        counts = torch.zeros(n, dtype=torch.long, device=probs.device).scatter_add_(0, first, keep.long())
-        frac = counts.to(probs.dtype) / denom
+        counts, frac = _counts_frac(first, keep, n, denom)
         ctx.save_for_backward(logits, lse, frac, keep, denom)
         ctx.mark_non_differentiable(counts)
         ctx.set_materialize_grads(False)  # an unused loss's gradient stays None: no zeros to build
@@ -88,10 +99,8 @@ class RouterStats(torch.autograd.Function):
 
 def router_stats(logits, probs, first, padding_mask=None, balance_probs=None) -> dict:
     """`router_stats_reference` by `RouterStats`: the same values, the same gradients, fewer ops."""
-    p = probs
-    keep = p.new_ones(p.size(0)) if padding_mask is None else (~padding_mask.reshape(-1)).to(p.dtype)
-    pb = p if balance_probs is None else balance_probs
-    balance, z, counts, logged = RouterStats.apply(logits, pb, p.detach(), first, keep)
+    pb = probs if balance_probs is None else balance_probs
+    balance, z, counts, logged = RouterStats.apply(logits, pb, probs.detach(), first, _keep(probs, padding_mask))
     logged = logged.detach()  # no gradient, as in the reference
     return dict(balance_loss=balance, z_loss=z, expert_counts=counts, entropy=logged[0],
                 non_argmax_frac=logged[1], one_kept_frac=logged[2])
