@@ -41,20 +41,19 @@ export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 
 if [[ "$AVG" -gt 1 ]]; then
     CKPT="$SAVE/averaged_last$AVG.pt"
-    python -m fairseq_sparsemixer.pipeline.average_checkpoints --save-dir "$SAVE" --last "$AVG" --out "$CKPT"
+    python "$ROOT/fairseq_sparsemixer/pipeline/average_checkpoints.py" --save-dir "$SAVE" --last "$AVG" --out "$CKPT"
 elif [[ -n "$CKNAME" ]]; then CKPT="$SAVE/$CKNAME"; [[ -f "$CKPT" ]] || die "--checkpoint: $CKPT not found"
 elif [[ -f "$SAVE/checkpoint_best.pt" ]]; then CKPT="$SAVE/checkpoint_best.pt"
 elif [[ -f "$SAVE/checkpoint_last.pt" ]]; then CKPT="$SAVE/checkpoint_last.pt"
 else die "no checkpoint_best.pt or checkpoint_last.pt in $SAVE"; fi
 
 GEN="$SAVE/generate_$SUBSET.txt"
-CPU=()
-python -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' || CPU=(--cpu)
+# (fairseq-generate runs on the GPU where torch sees one, else on the CPU: no --cpu needed)
 echo "evaluate_wmt14.sh: translating $SUBSET with $CKPT (beam $BEAM, lenpen $LENPEN)"
 fairseq-generate "$PREP/bin" --user-dir "$ROOT/fairseq_sparsemixer" --path "$CKPT" \
     --gen-subset "$SUBSET" --source-lang en --target-lang de --beam "$BEAM" --lenpen "$LENPEN" \
     --max-tokens "$MAXTOK" --required-batch-size-multiple 1 --remove-bpe sentencepiece \
-    "${CPU[@]}" ${EXTRA[@]+"${EXTRA[@]}"} > "$GEN.tmp" 2> "$SAVE/generate_$SUBSET.log" \
+    ${EXTRA[@]+"${EXTRA[@]}"} > "$GEN.tmp" 2> "$SAVE/generate_$SUBSET.log" \
     || { tail -n 5 "$SAVE/generate_$SUBSET.log" >&2; die "fairseq-generate failed (log: $SAVE/generate_$SUBSET.log)"; }
 mv "$GEN.tmp" "$GEN"
 HYP="$SAVE/hyp_$SUBSET.de"
@@ -64,7 +63,8 @@ n_hyp=$(wc -l < "$HYP.tmp"); n_ref=$(wc -l < "$REF")
 mv "$HYP.tmp" "$HYP"
 REFCOPY="$SAVE/ref_$SUBSET.de"
 cp "$REF" "$REFCOPY.tmp" && mv "$REFCOPY.tmp" "$REFCOPY"
-python -m fairseq_sparsemixer.pipeline.bleu --hyp "$HYP" --ref "$REFCOPY" --json "$SAVE/eval_$SUBSET.json.part"
+# the pipeline's helpers run as files: `python -m` would import the plugin, and fairseq (~6 s)
+python "$ROOT/fairseq_sparsemixer/pipeline/bleu.py" --hyp "$HYP" --ref "$REFCOPY" --json "$SAVE/eval_$SUBSET.json.part"
 python - "$SAVE" "$SUBSET" "$CKPT" "$BEAM" "$LENPEN" "$REF" <<'PY'
 import json, os, sys
 import torch

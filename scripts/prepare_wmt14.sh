@@ -46,7 +46,8 @@ PY="${PYTHON:-python}"
 command -v "$PY" >/dev/null || die "python not found; run 'bash scripts/setup.sh' and 'source .venv/bin/activate'"
 command -v fairseq-preprocess >/dev/null || die "fairseq-preprocess not found; run 'bash scripts/setup.sh' and 'source .venv/bin/activate'"
 "$PY" -c 'import sentencepiece' 2>/dev/null || die "sentencepiece is not installed; run 'bash scripts/setup.sh'"
-prep() { PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" "$PY" -m fairseq_sparsemixer.pipeline.prep "$@"; }
+# run as a file, not with -m: -m would import the plugin and with it fairseq (~6 s per call)
+prep() { "$PY" "$ROOT/fairseq_sparsemixer/pipeline/prep.py" "$@"; }
 
 # never write into a directory this script did not create, unless --force
 if [[ -d "$OUT" && ! -d "$OUT/.done" && -n "$(ls -A "$OUT")" && $FORCE == 0 ]]; then

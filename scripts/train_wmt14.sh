@@ -111,7 +111,14 @@ else
 fi
 SAVE="${SAVE:-$ROOT/checkpoints/$NAME-$ARCH-s$SEED}"
 
-NGPU=$(python -c 'import torch; print(torch.cuda.device_count())' 2>/dev/null || echo 0)
+# one Python start reads the GPUs, torch's threads and tensorboardX, and splits the batch over the
+# workers (each start costs seconds); not `read < <(python ...)`: under set -e that read exits at
+# end of input before any message
+FACTS="$(python "$ROOT/fairseq_sparsemixer/training/batching.py" --machine "$TOKENS" "$TOTAL_BATCH")" \
+    || die "could not compute the batch (python fairseq_sparsemixer/training/batching.py failed, message above)"
+read -r NGPU NTHREADS HAVE_TB MAXTOK UPDATE_FREQ _ <<< "$FACTS"
+[[ "${NGPU:-}" =~ ^[0-9]+$ && "${HAVE_TB:-}" =~ ^[01]$ && "${MAXTOK:-}" =~ ^[1-9][0-9]*$ && "${UPDATE_FREQ:-}" =~ ^[1-9][0-9]*$ ]] \
+    || die "could not compute the batch (python fairseq_sparsemixer/training/batching.py printed '$FACTS')"
 if [[ "$NGPU" -gt 0 ]]; then
     PRECISION="${PRECISION:-fp16}"; DEV=(--distributed-world-size "$NGPU"); WORLD=$NGPU
 else
@@ -123,15 +130,9 @@ case "$PRECISION" in
     fp16) DEV+=(--fp16 ${GPU_RECIPE_ARGS[@]+"${GPU_RECIPE_ARGS[@]}"}) ;;
     bf16) DEV+=(--bf16) ;;  # the plugin keeps fairseq from reading it as TPU (training/precision.py)
 esac
-# (not `read < <(python ...)`: under set -e that read exits at end of input before any message)
-BATCH="$(PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" python -m fairseq_sparsemixer.training.batching "$TOKENS" "$TOTAL_BATCH" "$WORLD")" \
-    || die "could not compute the batch (python -m fairseq_sparsemixer.training.batching failed, message above)"
-read -r MAXTOK UPDATE_FREQ _ <<< "$BATCH"
-[[ "${MAXTOK:-}" =~ ^[1-9][0-9]*$ && "${UPDATE_FREQ:-}" =~ ^[1-9][0-9]*$ ]] \
-    || die "could not compute the batch (python -m fairseq_sparsemixer.training.batching printed '$BATCH')"
 BATCH_NOTE="$((MAXTOK * UPDATE_FREQ * WORLD)) tokens per update at most (max-tokens $MAXTOK x update-freq $UPDATE_FREQ x $WORLD worker(s)), $PRECISION"
 TB=()
-python -c 'import tensorboardX' 2>/dev/null && TB=(--tensorboard-logdir "$SAVE/tb")
+[[ "$HAVE_TB" == 1 ]] && TB=(--tensorboard-logdir "$SAVE/tb")
 
 CMD=(fairseq-train "$DATA" --user-dir "$ROOT/fairseq_sparsemixer" "${MODEL[@]}"
      --task translation --source-lang en --target-lang de --share-all-embeddings
@@ -147,7 +148,7 @@ CMD=(fairseq-train "$DATA" --user-dir "$ROOT/fairseq_sparsemixer" "${MODEL[@]}"
 python -c 'import sys; from fairseq import options; options.parse_args_and_arch(options.get_training_parser(), sys.argv[1:])' \
     "${CMD[@]:1}" || die "fairseq-train rejected the arguments (message above)"
 mkdir -p "$SAVE"
-THREADS_NOTE="torch threads $(python -c 'import torch; print(torch.get_num_threads())' 2>/dev/null || echo '?') (OMP_NUM_THREADS=${OMP_NUM_THREADS:-unset})"
+THREADS_NOTE="torch threads $NTHREADS (OMP_NUM_THREADS=${OMP_NUM_THREADS:-unset})"
 { printf '%q ' "${CMD[@]}"; echo; echo "# $BATCH_NOTE"; echo "# $THREADS_NOTE"; } > "$SAVE/command.txt"
 echo "train_wmt14.sh: $NAME $ARCH on $DATA -> $SAVE ($NGPU GPU(s); $BATCH_NOTE)"
 if [[ -n "$PROFILE" ]]; then

@@ -1,4 +1,6 @@
+import fcntl
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +18,12 @@ def json_out(text):
 # the suite runs on CPU wherever it runs: train_wmt14.sh would switch to fp16 on a visible GPU
 # (and the bit-exact resume tests would flake); every subprocess inherits this
 os.environ["CUDA_VISIBLE_DEVICES"] = ""
+# pytest-xdist (scripts/test.sh runs the files on up to 4 workers): one thread per worker and per
+# subprocess, as OpenMP threads beyond the cores spin and slow every process several times over
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    import torch
+    torch.set_num_threads(1)
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent  # the venv's fairseq-* and sacrebleu
@@ -37,12 +45,41 @@ def run(cmd, check=True, **kw):
     return p
 
 
+# the files that start many trainings first, the longest first (their summed test time, alone,
+# 2026-11-29): with scripts/test.sh's workers (--dist loadfile --no-loadscope-reorder) the long
+# files start at once instead of last, and the rest fill in beside them
+_SLOW_FIRST = ["test_gpu_check.py", "test_fairseq_cli.py", "test_training_path.py", "test_install.py",
+               "test_diagnostics.py", "test_reliability.py", "test_benchmark.py", "test_attention_profile.py",
+               "test_prepare.py", "test_distributed.py"]
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(_SLOW_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a file's own order kept
+
+
+def shared(tmp_path_factory, name, make):
+    """A read-only session fixture made once per run, also across pytest-xdist workers: the first
+    worker makes it (make(dir)) under a lock in the run's common temporary folder, the others wait
+    and reuse it. A failed make leaves no done-mark, and the next worker tries anew."""
+    root = tmp_path_factory.getbasetemp()
+    root = root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root
+    out, done = root / name, root / f"{name}.done"
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            shutil.rmtree(out, ignore_errors=True)
+            make(out)
+            done.touch()
+    return out
+
+
 @pytest.fixture(scope="session")
 def prepared(tmp_path_factory):
-    """The bundled sample, prepared by the real script (sentencepiece + fairseq-preprocess)."""
-    out = tmp_path_factory.mktemp("prep") / "sample"
-    run(["bash", "scripts/prepare_wmt14.sh", "--sample", "--out", out, "--vocab-size", "4000"])
-    return out
+    """The bundled sample, prepared by the real script (sentencepiece + fairseq-preprocess); tests
+    read it and never write into it."""
+    return shared(tmp_path_factory, "prep", lambda d: run(
+        ["bash", "scripts/prepare_wmt14.sh", "--sample", "--out", d / "sample", "--vocab-size", "4000"])) / "sample"
 
 
 def train(prepared, save_dir, *extra, router="sparsemixer", experts="4", updates="6", check=True,

@@ -28,6 +28,17 @@ def test_tokens_per_update_stay_the_papers(world):
         assert (max_tokens, total) == (8192, 131072)
 
 
+def test_batching_command_lines():
+    """docs/multi_node.md's `python -m ...batching TOKENS TOTAL_BATCH W` and train_wmt14.sh's
+    `batching.py --machine TOKENS TOTAL_BATCH` (GPUs, threads, tensorboardX, the batch; this suite
+    hides the GPUs, so W = 1)."""
+    p = run(["python", "-m", "fairseq_sparsemixer.training.batching", "8192", "16", "3"])
+    assert p.stdout.split() == ["7281", "6"]
+    p = run(["python", ROOT / "fairseq_sparsemixer/training/batching.py", "--machine", "8192", "16"],
+            env={"OMP_NUM_THREADS": "1"})
+    assert p.stdout.split() == ["0", "1", "1", "8192", "16"]
+
+
 def test_more_gpus_than_the_batch_splits_the_tokens():
     assert split_batch(8192, 16, 32) == (4096, 1)
     with pytest.raises(ValueError):
