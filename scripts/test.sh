@@ -8,13 +8,13 @@
 # worker (--dist loadfile: a module's fixtures, like the 3.12 venv, are made once), the slowest
 # files first (tests/conftest.py orders them; --no-loadscope-reorder keeps that order);
 # TEST_WORKERS=K sets K (0: all in this process).
-# Extra arguments go to pytest (e.g. -m "not slow", -k routers).
+# Extra arguments go to pytest (e.g. -m "not slow", -k routers; --pdb and -s need TEST_WORKERS=0).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 bash scripts/setup.sh
 cores=$(nproc 2>/dev/null || echo 1)
 workers=${TEST_WORKERS:-$(( cores < 4 ? cores : 4 ))}
-[[ "$workers" =~ ^[0-9]+$ ]] || { echo "test.sh: TEST_WORKERS must be a number >= 0, got '$workers'" >&2; exit 2; }
+[[ "$workers" =~ ^(0|[1-9][0-9]*)$ ]] || { echo "test.sh: TEST_WORKERS must be a number >= 0, got '$workers'" >&2; exit 2; }
 (( workers == 1 )) && workers=0  # one worker is this process, without xdist's start-up
 exec .venv/bin/python -m pytest -q -p no:cacheprovider -n "$workers" --dist loadfile --no-loadscope-reorder "$@"

@@ -115,10 +115,10 @@ SAVE="${SAVE:-$ROOT/checkpoints/$NAME-$ARCH-s$SEED}"
 # workers (each start costs seconds); not `read < <(python ...)`: under set -e that read exits at
 # end of input before any message
 FACTS="$(python "$ROOT/fairseq_sparsemixer/training/batching.py" --machine "$TOKENS" "$TOTAL_BATCH")" \
-    || die "could not compute the batch (python fairseq_sparsemixer/training/batching.py failed, message above)"
+    || die "could not compute the batch or read the machine (python fairseq_sparsemixer/training/batching.py --machine, which imports torch and tensorboardX, failed: message above)"
 read -r NGPU NTHREADS HAVE_TB MAXTOK UPDATE_FREQ _ <<< "$FACTS"
 [[ "${NGPU:-}" =~ ^[0-9]+$ && "${HAVE_TB:-}" =~ ^[01]$ && "${MAXTOK:-}" =~ ^[1-9][0-9]*$ && "${UPDATE_FREQ:-}" =~ ^[1-9][0-9]*$ ]] \
-    || die "could not compute the batch (python fairseq_sparsemixer/training/batching.py printed '$FACTS')"
+    || die "could not compute the batch or read the machine (python fairseq_sparsemixer/training/batching.py --machine printed '${FACTS//$'\n'/ | }')"
 if [[ "$NGPU" -gt 0 ]]; then
     PRECISION="${PRECISION:-fp16}"; DEV=(--distributed-world-size "$NGPU"); WORLD=$NGPU
 else
