@@ -44,6 +44,8 @@
 #                 tokens per update, 120 updates, --attention-backend auto and torch (before/after),
 #                 the first epoch apart from the later ones
 #   model-bf16    the same in bf16, --attention-backend auto
+#   layer-compiled  the layer-bf16 table for the designs dense, ours (the loop), grouped, compiled
+#                 and grouped-compiled (--moe-compile-router: routers/compiled.py), kernels per step
 # --smoke runs the same steps on CPU in a few minutes (tests/test_gpu_check.py), without time
 # limits: small dims and --updates N; fp32 instead of fp16 (which needs a GPU) and bf16 on CPU;
 # generation of 4 tokens; the two gloo ranks with legacy_ddp and fairseq's own init (torchrun
@@ -55,7 +57,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 die() { echo "gpu_check.sh: error: $*" >&2; exit 2; }
 OUT="${OUT:-$ROOT/work/gpu_check}" WORK="" UPDATES=200 SMOKE=0 PREP="$ROOT/work/sample_en_de" ARCHIVE="" BUDGET=0
-ALL_STEPS="versions prepare attention fp16 bf16-grouped bf16-loop generate syncs syncs-bf16 layer-bf16 layer-fp16 router ranks profile model model-bf16"
+ALL_STEPS="versions prepare attention fp16 bf16-grouped bf16-loop generate syncs syncs-bf16 layer-bf16 layer-fp16 router ranks profile model model-bf16 layer-compiled"
 STEPS="versions prepare attention ranks profile model"
 while [[ $# -gt 0 ]]; do
     case "$1" in
@@ -254,7 +256,8 @@ layer_result() {  # the layer table's ratios, one line per configuration
 import json, sys
 for r in json.load(open(sys.argv[1]))["layer"]:
     g = f", grouped/dense {r['grouped_over_dense']:.3f} (rel. err {r['grouped_rel_err']:.0e})" if "grouped_over_dense" in r else ""
-    k = ("; kernels per step " + ", ".join(f"{d} {r[d + '_kernels']:.0f}" for d in ("dense", "ours", "grouped")
+    g += "".join(f", {d}/dense {r[d + '_over_dense']:.3f}" for d in ("compiled", "grouped-compiled") if d + "_over_dense" in r)
+    k = ("; kernels per step " + ", ".join(f"{d} {r[d + '_kernels']:.0f}" for d in ("dense", "ours", "grouped", "compiled", "grouped-compiled")
                                          if d + "_kernels" in r) if "dense_kernels" in r else "")
     print(f"N={r['experts']} T={r['tokens']}: ours/dense {r['ours_over_dense']:.3f}{g}{k};")
 PY
@@ -301,6 +304,9 @@ step model 330 "model_result $OUT/model.json" -- \
     python scripts/benchmark.py model "${MODEL[@]}" --model-precision "$P16" --model-attention auto torch --prep-dir "$PREP" --json "$OUT/model.json"
 step model-bf16 120 "model_result $OUT/model-bf16.json" -- \
     python scripts/benchmark.py model "${MODEL[@]}" --model-precision "$P_BF" --model-attention auto --prep-dir "$PREP" --json "$OUT/model-bf16.json"
+# issue 21's layer table with the compiled router (the first warm-up step of each size compiles)
+step layer-compiled 200 "layer_result $OUT/layer-compiled.json" -- python scripts/benchmark.py layer "${LAYER[@]}" \
+    --dtype bfloat16 --designs dense ours grouped compiled grouped-compiled --json "$OUT/layer-compiled.json"
 mv "$OUT/summary.tmp" "$OUT/summary.md"
 pack
 cat "$OUT/summary.md"

@@ -284,3 +284,40 @@ def test_authors_recipe_script_and_hydra_config_agree(prepared, tmp_path):
         assert OmegaConf.select(cfg, key) == value, key
     assert OmegaConf.select(cfg, "optimization.max_update") == 400000 and cfg.common.fp16
     assert (cfg.common.fp16_init_scale, cfg.common.fp16_scale_window) == (4, 256)
+
+
+def test_compile_router_flag_trains_the_same_model(prepared):
+    """--moe-compile-router reaches every MoE layer, and a training step of the real model and
+    criterion (dropout on: the random stream must stay in step through the whole model) gives
+    the eager model's loss, logged router statistics and gradients, to float rounding."""
+    from fairseq import options, tasks
+
+    from fairseq_sparsemixer.modules.moe_layer import MoEFeedForward
+
+    res = []
+    for flags in ([], ["--moe-compile-router"]):
+        args = options.parse_args_and_arch(options.get_training_parser(), [
+            str(prepared / "bin"), "--user-dir", USER_DIR, "--share-all-embeddings", "--arch",
+            "switch_transformer_tiny", "--dropout", "0.1", "--criterion", "moe_label_smoothed_cross_entropy",
+            *flags])
+        task = tasks.setup_task(args)
+        torch.manual_seed(0)
+        model, crit = task.build_model(args), task.build_criterion(args)
+        layers = [m for m in model.modules() if isinstance(m, MoEFeedForward)]
+        assert layers and {m.compile_router for m in layers} == {bool(flags)}
+        task.load_dataset("valid")
+        ds = task.dataset("valid")
+        sample = ds.collater([ds[i] for i in range(8)])
+        model.train()
+        torch.manual_seed(1)
+        loss, _, log = crit(model, sample)
+        loss.backward()
+        res.append((loss, log, {k: p.grad for k, p in model.named_parameters() if p.grad is not None}))
+    (l0, log0, g0), (l1, log1, g1) = res
+    torch.testing.assert_close(l1, l0)
+    assert log0.keys() == log1.keys() and any("moe" in k for k in log0)
+    for k in log0:
+        assert log1[k] == pytest.approx(log0[k], rel=1e-4, abs=1e-6), k
+    assert g0.keys() == g1.keys()
+    for k in g0:
+        torch.testing.assert_close(g1[k], g0[k], rtol=1e-4, atol=1e-6, msg=k)

@@ -16,7 +16,9 @@ layer   forward+backward of one FFN layer on T tokens (d = 512, d_ff = 2048 per 
         reference dispatch designs implemented here: `mask-loop` (a boolean mask per expert,
         gather / index_add) and `onehot-einsum` (GShard / fairseq-moe / DeepSpeed: one-hot
         (T, N, C) dispatch and combine tensors with capacity C = ceil(1.25 T / N), stacked
-        expert weights, einsum). All four use the same SparseMixer router. Peak memory: the
+        expert weights, einsum); opt-in designs `compiled` and `grouped-compiled`: ours and
+        grouped with --moe-compile-router (routers/compiled.py; the first warm-up step compiles).
+        All use the same SparseMixer router. Peak memory: the
         most memory allocated above the pre-step level during one step (activations and
         gradients; CUDA: max_memory_allocated, CPU: the profiler's allocation events).
 router  a full training step (forward, backward, Adam) of switch_transformer_tiny and of the
@@ -230,26 +232,42 @@ def dense_ffn(d, d_ff):
     return nn.Sequential(nn.Linear(d, d_ff), nn.ReLU(), nn.Linear(d_ff, d))
 
 
-class GroupedMoE(nn.Module):
-    """`moe` (the same parameters) through the grouped-GEMM path."""
+class MoEVariant(nn.Module):
+    """`moe` (the same parameters) with other `MoEFeedForward` settings for the call, e.g.
+    expert_impl="grouped" or compile_router=True."""
 
-    def __init__(self, moe: MoEFeedForward):
+    def __init__(self, moe: MoEFeedForward, **settings):
         super().__init__()
-        self.moe = moe
+        self.moe, self.settings = moe, settings
 
     def forward(self, x):
-        impl, self.moe.expert_impl = self.moe.expert_impl, "grouped"
+        old = {k: getattr(self.moe, k) for k in self.settings}
+        for k, v in self.settings.items():
+            setattr(self.moe, k, v)
         try:
             return self.moe(x)
         finally:
-            self.moe.expert_impl = impl
+            for k, v in old.items():
+                setattr(self.moe, k, v)
+
+
+def GroupedMoE(moe: MoEFeedForward) -> MoEVariant:
+    """`moe` (the same parameters) through the grouped-GEMM path."""
+    return MoEVariant(moe, **VARIANTS["grouped"])
+
+
+#: layer designs that are `ours` with other settings (routers/compiled.py: the compiled router)
+VARIANTS = {"grouped": dict(expert_impl="grouped"), "compiled": dict(compile_router=True),
+            "grouped-compiled": dict(expert_impl="grouped", compile_router=True)}
+DESIGNS = ["dense", "ours", *VARIANTS, "mask-loop", "onehot-einsum"]
 
 
 def layer_designs(d, d_ff, n, designs):
     """{name: module} for the requested designs; all MoE designs share one router and experts."""
     moe = MoEFeedForward(d, d_ff, n, router="sparsemixer", expert_impl="loop")
-    build = {"dense": lambda: dense_ffn(d, d_ff), "ours": lambda: moe, "grouped": lambda: GroupedMoE(moe),
-             "mask-loop": lambda: MaskLoopMoE(moe), "onehot-einsum": lambda: OneHotEinsumMoE(moe)}
+    build = {"dense": lambda: dense_ffn(d, d_ff), "ours": lambda: moe,
+             "mask-loop": lambda: MaskLoopMoE(moe), "onehot-einsum": lambda: OneHotEinsumMoE(moe),
+             **{k: (lambda kw=kw: MoEVariant(moe, **kw)) for k, kw in VARIANTS.items()}}
     return {k: build[k]() for k in designs}
 
 
@@ -283,14 +301,15 @@ def step_fn(module, x):
 
 def suite_layer(a, device, dtype):
     designs = list(a.designs)
-    if "grouped" in designs:  # can torch run it here?
+    if any(VARIANTS.get(k, {}).get("expert_impl") == "grouped" for k in designs):  # can torch run it here?
         try:
             grouped_error(MoEFeedForward(64, 128, 2, expert_impl="loop").to(device, dtype),
                           torch.randn(64, 64, device=device, dtype=dtype))
         except (RuntimeError, ValueError, NotImplementedError) as e:
-            print(f"[layer] grouped: skipped, torch {torch.__version__} cannot run it on {device} {dtype}: "
-                  f"{str(e).splitlines()[0][:200]}")
-            designs.remove("grouped")
+            skip = [k for k in designs if VARIANTS.get(k, {}).get("expert_impl") == "grouped"]
+            print(f"[layer] {', '.join(skip)}: skipped, torch {torch.__version__} cannot run the grouped "
+                  f"path on {device} {dtype}: {str(e).splitlines()[0][:200]}")
+            designs = [k for k in designs if k not in skip]
     rows = []
     hdr = f"{'N':>3} {'T':>6} " + " ".join(f"{k + ' ms':>17}" for k in designs) + " " + " ".join(
         f"{k + '/dense':>19}" for k in designs[1:]) + "   peak MiB: " + " / ".join(designs)
@@ -564,7 +583,7 @@ def main(argv=None):
     g.add_argument("--dim", type=int, default=512)
     g.add_argument("--ffn-dim", type=int, default=2048)
     g.add_argument("--designs", nargs="+", default=["dense", "ours", "grouped", "mask-loop", "onehot-einsum"],
-                   choices=["dense", "ours", "grouped", "mask-loop", "onehot-einsum"])
+                   choices=DESIGNS)
     g.add_argument("--profile", action="store_true",
                    help="CPU: also split ours' step time by op category (torch.profiler)")
     g = p.add_argument_group("router")

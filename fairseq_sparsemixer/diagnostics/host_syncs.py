@@ -98,6 +98,23 @@ class AtenOps(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
+def compiled_calls(fn) -> Counter:
+    """What the `torch.compile`d graphs run while fn() runs, a Counter by name: "fused" for each
+    kernel inductor generated (on CPU, recorded only for graphs compiled with the inductor option
+    `cpp.enable_kernel_profile`) and the name of each aten op a graph calls itself (matmuls, the
+    random draws kept by `fallback_random`, scatters): each a kernel launch on a GPU. `AtenOps`
+    cannot count these: under a dispatch mode dynamo runs the code eagerly."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    calls = Counter()
+    for e in prof.events():
+        if e.cpu_parent is not None and e.cpu_parent.name.startswith("## Call CompiledFxGraph"):
+            calls["fused" if "cpp_fused" in e.name else e.name.removeprefix("aten::")] += 1
+    return calls
+
+
 def count_cuda(fn) -> dict:
     """Synchronizing CUDA calls of fn(), as torch.cuda.set_sync_debug_mode("warn") reports them:
     {"syncs": count, "where": {"file:line": count}} (the Python line that made each call)."""

@@ -26,6 +26,10 @@ MOE_ARGS = {
                                      "(torch's grouped GEMM, dropless only) or auto (grouped on CUDA "
                                      "bf16/fp16, where it was measured faster; loop elsewhere; "
                                      "docs/benchmarks.md)"),
+    "moe_compile_router": (False, bool, "torch.compile the router with its statistics and losses "
+                                        "into a few fused kernels (the same draws and numbers to "
+                                        "rounding; routers/compiled.py); off by default until "
+                                        "measured on a GPU"),
     "moe_router_bias": (False, bool, "router logits W x + b, as the authors' released code "
                                      "(nn.Linear default init); default: no bias"),
 }
@@ -99,6 +103,8 @@ def moe_layer_kwargs(args):
     kw = dict(num_experts=args.moe_experts, router=args.moe_router, jitter_eps=args.moe_jitter_eps,
               top_k=args.moe_top_k, capacity_factor=args.moe_capacity_factor,
               gate_scaling=not args.moe_no_gate_scaling, expert_impl=args.moe_expert_impl)
+    if args.moe_compile_router:
+        kw["compile_router"] = True
     if args.moe_no_omega:
         kw["omega"] = False
     if args.moe_no_mask:

@@ -54,6 +54,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..routers import build_router, router_class
+from ..routers.compiled import compiled_route
 from .ops import gather_rows
 
 _grouped_mm = getattr(F, "grouped_mm", None) or getattr(torch, "_grouped_mm", None)
@@ -136,6 +137,9 @@ class MoEFeedForward(nn.Module):
     ceil(capacity_factor · A / N) assignments per expert, in token order; the overflow gets
     MoE output 0 (the residual passes it through in a Transformer layer).
 
+    compile_router=True runs the router, and in training its statistics and losses, as one
+    torch.compile'd graph (routers/compiled.py: the same draws, the same numbers to rounding).
+
     gate_scaling=False gives y = f_D(x) (the paper's "Switch w/o scaling" ablation; the
     router then gets no gradient from the output). omega=None uses the router's default
     (on for the SparseMixer v1 family, off for switch and sparsemixer-v2).
@@ -149,7 +153,7 @@ class MoEFeedForward(nn.Module):
     def __init__(self, embed_dim: int, ffn_dim: int, num_experts: int, router: str = "sparsemixer",
                  jitter_eps: float = 0.1, activation_fn: str = "relu", activation_dropout: float = 0.0,
                  capacity_factor: float = 0.0, gate_scaling: bool = True, omega: Optional[bool] = None,
-                 top_k: int = 1, expert_impl: str = "auto", **router_options):
+                 top_k: int = 1, expert_impl: str = "auto", compile_router: bool = False, **router_options):
         super().__init__()
         if capacity_factor < 0:
             raise ValueError(f"capacity_factor must be >= 0 (0 = dropless), got {capacity_factor}")
@@ -173,6 +177,7 @@ class MoEFeedForward(nn.Module):
         self.capacity_factor = float(capacity_factor)
         self.gate_scaling = gate_scaling
         self.expert_impl = expert_impl
+        self.compile_router = bool(compile_router)
         self.last = None
         self.last_dropped = 0
         self.last_impl = None  # "loop" or "grouped": the path of the last forward
@@ -187,7 +192,7 @@ class MoEFeedForward(nn.Module):
         shape = x.shape
         x = x.reshape(-1, shape[-1])  # (T, d)
         pad = None if padding_mask is None else padding_mask.reshape(-1).to(torch.bool)
-        route = self.router(x, pad)
+        route = compiled_route(self.router, x, pad) if self.compile_router else self.router(x, pad)
         self.last = route
         n, k = self.num_experts, route.expert_index.size(1)
         # the expert of every assignment (A,) = (token, choice), pads sent to the discard slot n

@@ -58,6 +58,12 @@ class RouterOutput:
             return router_stats(self.logits, self.probs, self.expert_index[:, 0], self.padding_mask,
                                 self.balance_probs)
 
+    def preset_stats(self, stats: dict) -> "RouterOutput":
+        """Sets the statistics `router_stats` computed elsewhere (routers/compiled.py: in the
+        router's compiled graph) in place of the lazy ones."""
+        self.__dict__["_stats"] = stats
+        return self
+
 
 def relative_mask(logits: torch.Tensor, jitter_eps: float, best: Optional[torch.Tensor] = None,
                   scale_logits: Optional[torch.Tensor] = None, min_kept: int = 1) -> torch.Tensor:

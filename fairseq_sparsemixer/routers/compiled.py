@@ -1,0 +1,62 @@
+"""The router, its statistics and its two losses as one `torch.compile`d graph (issue 21).
+
+Eager, a layer step spends about half of its aten ops on the router's (T, N) arithmetic (the
+mask, the softmax, the Gumbel draw, the coin, the gate, the statistics and the losses, forward
+and backward; docs/benchmarks.md, section 5), each a kernel launch on a GPU, where the layer is
+launch-bound. `compiled_route(router, x, padding_mask)` returns what `router(x, padding_mask)`
+returns, with, when autograd is on (training), the statistics `router_stats` computed in the
+same graph, so that inductor fuses them into a few kernels forward and backward:
+
+  * the same draws: inductor's `fallback_random` keeps torch's own exponential_, uniform_ and
+    rand calls, in the eager order, so D, the coin and Switch's noise are the eager router's
+    draw for draw under the same seed;
+  * the same arithmetic to float rounding (a fused kernel may sum in another order), the
+    gradients too: AOTAutograd traces the routers' autograd Functions (EstimatorGate,
+    RouterStats) with their written-out backwards;
+  * one graph for every token count (fairseq's batches change it every update): the token
+    dimension is marked dynamic, the others stay static (with every dimension dynamic, torch
+    2.13's dynamo fails to trace sparsemixer-v2's second EstimatorGate at top-2); the graph is
+    shared by every layer of the same configuration (parameters are graph inputs). Floats such
+    as the estimator's factor stay constants (`specialize_float`: a router's factor 2 after
+    another's 1 would otherwise become a symbol, which dynamo fails to carry into a backward).
+
+The eager router is the reference (tests/test_routers.py compares the two for every router
+family). Opt in with `--moe-compile-router` (`MoEFeedForward(compile_router=True)`); off by
+default until measured on a GPU (gpu_check.sh's layer steps time both).
+"""
+import torch
+
+from .base import RouterOutput
+from .stats import router_stats
+
+
+def _route(router, x, padding_mask, with_stats: bool):
+    out = router(x, padding_mask)
+    stats = None
+    if with_stats:
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            stats = router_stats(out.logits, out.probs, out.expert_index[:, 0], padding_mask, out.balance_probs)
+    return out.expert_index, out.gate, out.probs, out.logits, out.balance_probs, stats
+
+
+_compiled = None  # made at the first call (importing torch's compiler costs seconds)
+# graphs of `_route` one process may hold (torch's default, 8, would fail a model with a few
+# router configurations in training, validation and generation, with or without pads)
+_GRAPHS = 64
+
+
+def compiled_route(router, x, padding_mask=None):
+    """`router(x, padding_mask)` (a RouterOutput) from the compiled graph; in training its
+    statistics come from the same graph (at inference, read lazily as in eager)."""
+    global _compiled
+    if _compiled is None:
+        _compiled = torch.compile(_route, fullgraph=True, options={"fallback_random": True})
+    if x.size(0) > 1:  # a size 0 or 1 is specialized whatever the mark
+        torch._dynamo.mark_dynamic(x, 0)
+        if padding_mask is not None:
+            torch._dynamo.mark_dynamic(padding_mask, 0)
+    with_stats = torch.is_grad_enabled()
+    with torch._dynamo.config.patch(specialize_float=True, recompile_limit=_GRAPHS):
+        index, gate, probs, logits, balance_probs, stats = _compiled(router, x, padding_mask, with_stats)
+    out = RouterOutput(index, gate, probs, logits, padding_mask, balance_probs)
+    return out if stats is None else out.preset_stats(stats)

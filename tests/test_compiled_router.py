@@ -1,0 +1,136 @@
+"""The compiled router (routers/compiled.py) against the eager one, its reference: the same
+draws, the same statistics, losses and gradients to float rounding, for every router family;
+one graph for every token count and every layer of a model."""
+import pytest
+import torch
+
+from fairseq_sparsemixer.modules.moe_layer import MoEFeedForward
+from fairseq_sparsemixer.routers import build_router
+from fairseq_sparsemixer.routers.compiled import compiled_route
+
+STATS = ("balance_loss", "z_loss", "expert_counts", "entropy", "non_argmax_frac", "one_kept_frac")
+
+
+def _close(a, b, what):
+    if a.dtype in (torch.int64, torch.bool):
+        assert torch.equal(a, b), what
+    else:  # float rounding: a fused kernel may sum in another order
+        tol = 1e-5 * b.double().abs().max().clamp_min(1.0).item()
+        assert (a.double() - b.double()).abs().max().item() <= tol, what
+
+
+def _router_step(r, x, pad, compiled, seed):
+    """Routes (training: the draws from `seed`), reads every statistic, backpropagates a loss
+    that weighs each gate differently plus both auxiliary losses."""
+    x = x.detach().clone().requires_grad_()
+    r.zero_grad(set_to_none=True)
+    torch.manual_seed(seed)
+    out = compiled_route(r, x, pad) if compiled else r(x, pad)
+    weights = torch.arange(1.0, out.gate.numel() + 1).view_as(out.gate)
+    ((out.gate * weights).sum() + 0.1 * out.balance_loss + 0.01 * out.z_loss).backward()
+    got = dict(expert_index=out.expert_index, gate=out.gate, probs=out.probs, x_grad=x.grad,
+               **{k: getattr(out, k) for k in STATS})
+    got.update({f"{k}_grad": p.grad for k, p in r.named_parameters()})
+    return got
+
+
+@pytest.mark.parametrize("name,kw", [
+    ("sparsemixer", {}), ("switch", {}), ("sparsemixer-v2", {"top_k": 2}), ("masked-switch-argmax", {}),
+    ("sparsemixer-inf", {"balance_probs": "full", "min_kept": 2, "bias": True})])
+def test_compiled_router_equals_eager(name, kw):
+    """Draw for draw (the same experts: inductor keeps torch's random calls in their order) and
+    to rounding (gates, probabilities, the six statistics, the input and parameter gradients),
+    with pads, over three token counts (one graph: the token dimension is dynamic); at eval too."""
+    torch.manual_seed(0)
+    r = build_router(name, embed_dim=16, num_experts=4, **kw).train()
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    for t in (37, 50, 23):
+        x = torch.randn(t, 16) * 3
+        pad = torch.zeros(t, dtype=torch.bool)
+        pad[-5:] = True
+        want, got = _router_step(r, x, pad, False, t), _router_step(r, x, pad, True, t)
+        assert want.keys() == got.keys()
+        for k in want:
+            _close(got[k], want[k], f"{name} T={t}: {k}")
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs + 1  # compiled, once
+    r.eval()
+    with torch.no_grad():
+        a, b = r(x, pad), compiled_route(r, x, pad)
+    assert torch.equal(a.expert_index, b.expert_index)
+    for k in ("gate", "probs") + STATS:
+        _close(getattr(b, k), getattr(a, k), f"{name} eval: {k}")
+
+
+def test_compiled_router_fails_without_fallback_random():
+    """The test above can fail: inductor's own random numbers (its default) route other experts."""
+    from fairseq_sparsemixer.routers import compiled
+
+    torch.manual_seed(0)
+    r = build_router("sparsemixer", embed_dim=16, num_experts=4, jitter_eps=10.0).train()  # no mask
+    x = torch.randn(64, 16)
+    f = torch.compile(compiled._route, fullgraph=True, dynamic=False)
+    torch.manual_seed(1)
+    want = r(x).expert_index
+    torch.manual_seed(1)
+    with torch._dynamo.config.patch(recompile_limit=compiled._GRAPHS):  # this file compiles _route often
+        assert not torch.equal(f(r, x, None, False)[0], want)
+
+
+@pytest.mark.parametrize("impl", ["loop", "grouped"])
+def test_layer_with_compiled_router_equals_eager(impl):
+    """A layer training step (pads, the statistics, both losses) with compile_router=True equals the
+    eager layer's to rounding: output, statistics, every gradient; the same experts routed."""
+    res = []
+    for comp in (False, True):
+        torch.manual_seed(0)
+        m = MoEFeedForward(16, 32, 4, expert_impl=impl, compile_router=comp).train()
+        x = torch.randn(2, 19, 16, requires_grad=True)
+        pad = torch.zeros(2, 19, dtype=torch.bool)
+        pad[1, -6:] = True
+        y = m(x, pad)
+        r = m.last
+        (y.square().mean() + 0.01 * r.balance_loss + 0.001 * r.z_loss).backward()
+        res.append(dict(y=y, index=r.expert_index, x_grad=x.grad, **{k: getattr(r, k) for k in STATS},
+                        **{k: p.grad for k, p in m.named_parameters()}))
+    for k in res[0]:
+        _close(res[1][k], res[0][k], f"{impl}: {k}")
+
+
+def test_compiled_router_runs_as_few_kernels():
+    """The router with its statistics and both losses, one training step of 512 tokens with pads:
+    the eager reference dispatches 77 aten ops (each a kernel launch on a GPU), the compiled graphs
+    12 calls: five fused kernels (four forward, one backward) and what inductor leaves to torch
+    (four matmuls: logits, the statistics' means, the two gradients of W x; the two draws; the
+    counts' scatter)."""
+    from fairseq_sparsemixer.diagnostics.host_syncs import AtenOps, compiled_calls
+    from fairseq_sparsemixer.routers import compiled
+
+    torch.manual_seed(0)
+    r = build_router("sparsemixer", embed_dim=64, num_experts=4).train()
+    x = torch.randn(512, 64, requires_grad=True)
+    pad = torch.zeros(512, dtype=torch.bool)
+    pad[-37:] = True
+    f = torch.compile(compiled._route, fullgraph=True,
+                      options={"fallback_random": True, "cpp.enable_kernel_profile": True})
+
+    def step(route):
+        x.grad = None
+        r.zero_grad(set_to_none=True)
+        index, gate, probs, logits, balance_probs, s = route()
+        (gate.sum() + 0.01 * s["balance_loss"] + 0.001 * s["z_loss"]).backward()
+
+    def eager():
+        out = r(x, pad)
+        return out.expert_index, out.gate, out.probs, out.logits, out.balance_probs, out._stats
+
+    def comp():
+        with torch._dynamo.config.patch(specialize_float=True, recompile_limit=compiled._GRAPHS):
+            return f(r, x, pad, True)
+
+    step(eager)
+    with AtenOps() as c:
+        step(eager)
+    step(comp)
+    calls = compiled_calls(lambda: step(comp))
+    assert c.count >= 70, c.ops  # 77 on torch 2.13, CPU, the test's loss (~8) included
+    assert calls == {"fused": 5, "mm": 4, "exponential": 1, "rand": 1, "scatter_reduce_": 1}, calls
