@@ -46,6 +46,8 @@
 #   model-bf16    the same in bf16, --attention-backend auto
 #   layer-compiled  the layer-bf16 table for the designs dense, ours (the loop), grouped, compiled
 #                 and grouped-compiled (--moe-compile-router: routers/compiled.py), kernels per step
+#   layer-whole   the same for N = 4 with the grouped layer entirely under torch.compile
+#                 (whole-compiled), or the error inductor gives for it (issue 21 found one in bf16)
 # --smoke runs the same steps on CPU in a few minutes (tests/test_gpu_check.py), without time
 # limits: small dims and --updates N; fp32 instead of fp16 (which needs a GPU) and bf16 on CPU;
 # generation of 4 tokens; the two gloo ranks with legacy_ddp and fairseq's own init (torchrun
@@ -57,7 +59,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 die() { echo "gpu_check.sh: error: $*" >&2; exit 2; }
 OUT="${OUT:-$ROOT/work/gpu_check}" WORK="" UPDATES=200 SMOKE=0 PREP="$ROOT/work/sample_en_de" ARCHIVE="" BUDGET=0
-ALL_STEPS="versions prepare attention fp16 bf16-grouped bf16-loop generate syncs syncs-bf16 layer-bf16 layer-fp16 router ranks profile model model-bf16 layer-compiled"
+ALL_STEPS="versions prepare attention fp16 bf16-grouped bf16-loop generate syncs syncs-bf16 layer-bf16 layer-fp16 router ranks profile model model-bf16 layer-compiled layer-whole"
 STEPS="versions prepare attention ranks profile model"
 while [[ $# -gt 0 ]]; do
     case "$1" in
@@ -88,11 +90,11 @@ if [[ $SMOKE == 1 ]]; then
     # validation on 5 batches (fairseq stops after batch --max-valid-steps): the whole valid set
     # took ~3/4 of each 2-update CPU run
     P16=fp32 P_BF=bf16 DIMS=("${SMALL[@]}" --max-valid-steps 4) GEN=(--beam 1 -- --max-len-a 0 --max-len-b 4) SYNC=(--arch tiny --device cpu)
-    LAYER=(--quick --device cpu) ROUTER=(--quick --device cpu) MODEL=(--quick --no-generate)
+    LAYER=(--quick --device cpu) WHOLE_N=() ROUTER=(--quick --device cpu) MODEL=(--quick --no-generate)
     AUPD=$UPDATES PROFILE=(--recipe cpu-tiny --profile-warmup 1 --profile-updates 1) PROFDIMS=("${SMALL[@]}") RANKDIMS=("${SMALL[@]}")
 else
     P16=fp16 P_BF=bf16 DIMS=() GEN=() SYNC=(--arch base --device cuda)
-    LAYER=(--device cuda --experts 4 16 --tokens 4096 16384 --repeats 5 --warmup 2)
+    LAYER=(--device cuda --experts 4 16 --tokens 4096 16384 --repeats 5 --warmup 2) WHOLE_N=(--experts 4)
     ROUTER=(--device cuda --dtype bfloat16 --repeats 10 --warmup 3)
     MODEL=(--model-recipe paper --no-generate --model-experts 4 16 --updates 120 --model-repeats 1 --log-interval 10)
     AUPD=60
@@ -256,8 +258,10 @@ layer_result() {  # the layer table's ratios, one line per configuration
 import json, sys
 for r in json.load(open(sys.argv[1]))["layer"]:
     g = f", grouped/dense {r['grouped_over_dense']:.3f} (rel. err {r['grouped_rel_err']:.0e})" if "grouped_over_dense" in r else ""
-    g += "".join(f", {d}/dense {r[d + '_over_dense']:.3f}" for d in ("compiled", "grouped-compiled") if d + "_over_dense" in r)
-    k = ("; kernels per step " + ", ".join(f"{d} {r[d + '_kernels']:.0f}" for d in ("dense", "ours", "grouped", "compiled", "grouped-compiled")
+    extra = ("compiled", "grouped-compiled", "whole-compiled")
+    g += "".join(f", {d}/dense {r[d + '_over_dense']:.3f}" for d in extra if d + "_over_dense" in r)
+    g += "".join(f", {d} skipped ({why})" for d, why in r.get("skipped", {}).items())
+    k = ("; kernels per step " + ", ".join(f"{d} {r[d + '_kernels']:.0f}" for d in ("dense", "ours", "grouped") + extra
                                          if d + "_kernels" in r) if "dense_kernels" in r else "")
     print(f"N={r['experts']} T={r['tokens']}: ours/dense {r['ours_over_dense']:.3f}{g}{k};")
 PY
@@ -307,6 +311,9 @@ step model-bf16 120 "model_result $OUT/model-bf16.json" -- \
 # issue 21's layer table with the compiled router (the first warm-up step of each size compiles)
 step layer-compiled 200 "layer_result $OUT/layer-compiled.json" -- python scripts/benchmark.py layer "${LAYER[@]}" \
     --dtype bfloat16 --designs dense ours grouped compiled grouped-compiled --json "$OUT/layer-compiled.json"
+# the grouped layer entirely under torch.compile, N = 4: timed where inductor compiles it, else its error
+step layer-whole 200 "layer_result $OUT/layer-whole.json" -- python scripts/benchmark.py layer "${LAYER[@]}" \
+    --dtype bfloat16 --designs dense ours grouped whole-compiled "${WHOLE_N[@]}" --json "$OUT/layer-whole.json"
 mv "$OUT/summary.tmp" "$OUT/summary.md"
 pack
 cat "$OUT/summary.md"

@@ -15,7 +15,7 @@ def test_gpu_check_smoke_runs_every_step(prepared, tmp_path):
     assert [s.strip() for s, _ in steps] == ["versions", "prepare", "attention", "fp16", "bf16-grouped", "bf16-loop",
                                              "generate", "syncs", "syncs-bf16", "layer-bf16", "layer-fp16", "router",
                                              "ranks", "profile", "model", "model-bf16",
-                                             "layer-compiled"]
+                                             "layer-compiled", "layer-whole"]
     assert all(status.strip() == "ok" for _, status in steps), summary
     assert "(= 1 process)" in summary and "difference 5 (target: 4 of 4 MoE layers on the loop path + 1 = 5)" in summary
     assert "difference 1 (target: 0 of 4 MoE layers on the loop path + 1 = 1)" in summary  # grouped, bf16
@@ -24,6 +24,7 @@ def test_gpu_check_smoke_runs_every_step(prepared, tmp_path):
         assert " --bf16 " in cmd and f" --moe-expert-impl {impl} " in cmd
     assert "grouped/dense" in summary and "sparsemixer/switch" in summary and "moe2" in summary
     assert "grouped-compiled/dense" in summary  # the layer table with the compiled router
+    assert "whole-compiled/dense" in summary  # the grouped layer compiled whole (it compiles on CPU)
     # on CPU both attention settings are the same computation: identical losses
     assert "fp32: largest loss difference auto - torch 0.0000 over 2 records" in summary
     assert "dense: " in summary and "ms/update" in summary  # the profile step

@@ -17,7 +17,9 @@ layer   forward+backward of one FFN layer on T tokens (d = 512, d_ff = 2048 per 
         gather / index_add) and `onehot-einsum` (GShard / fairseq-moe / DeepSpeed: one-hot
         (T, N, C) dispatch and combine tensors with capacity C = ceil(1.25 T / N), stacked
         expert weights, einsum); opt-in designs `compiled` and `grouped-compiled`: ours and
-        grouped with --moe-compile-router (routers/compiled.py; the first warm-up step compiles).
+        grouped with --moe-compile-router (routers/compiled.py; the first warm-up step compiles),
+        and `whole-compiled`: the grouped layer entirely under torch.compile (skipped, with
+        inductor's message, where it fails to compile).
         All use the same SparseMixer router. Peak memory: the
         most memory allocated above the pre-step level during one step (activations and
         gradients; CUDA: max_memory_allocated, CPU: the profiler's allocation events).
@@ -245,10 +247,13 @@ class MoEVariant(nn.Module):
         for k, v in self.settings.items():
             setattr(self.moe, k, v)
         try:
-            return self.moe(x)
+            return self.run(x)
         finally:
             for k, v in old.items():
                 setattr(self.moe, k, v)
+
+    def run(self, x):
+        return self.moe(x)
 
 
 def GroupedMoE(moe: MoEFeedForward) -> MoEVariant:
@@ -256,9 +261,24 @@ def GroupedMoE(moe: MoEFeedForward) -> MoEVariant:
     return MoEVariant(moe, **VARIANTS["grouped"])
 
 
+class WholeCompiledMoE(MoEVariant):
+    """`moe` on the grouped path with the whole layer under torch.compile (inductor with torch's
+    own random calls). Issue 21 found inductor failing on the grouped GEMMs in bf16 on an H200
+    (torch 2.11); `suite_layer` tries a small step first and, where it fails, skips this design
+    with inductor's message."""
+
+    def __init__(self, moe: MoEFeedForward):
+        super().__init__(moe, expert_impl="grouped", compile_router=False)
+        self.compiled = torch.compile(moe.forward, options={"fallback_random": True})
+
+    def run(self, x):
+        return self.compiled(x)
+
+
 #: layer designs that are `ours` with other settings (routers/compiled.py: the compiled router)
 VARIANTS = {"grouped": dict(expert_impl="grouped"), "compiled": dict(compile_router=True),
-            "grouped-compiled": dict(expert_impl="grouped", compile_router=True)}
+            "grouped-compiled": dict(expert_impl="grouped", compile_router=True),
+            "whole-compiled": dict(expert_impl="grouped")}
 DESIGNS = ["dense", "ours", *VARIANTS, "mask-loop", "onehot-einsum"]
 
 
@@ -267,7 +287,8 @@ def layer_designs(d, d_ff, n, designs):
     moe = MoEFeedForward(d, d_ff, n, router="sparsemixer", expert_impl="loop")
     build = {"dense": lambda: dense_ffn(d, d_ff), "ours": lambda: moe,
              "mask-loop": lambda: MaskLoopMoE(moe), "onehot-einsum": lambda: OneHotEinsumMoE(moe),
-             **{k: (lambda kw=kw: MoEVariant(moe, **kw)) for k, kw in VARIANTS.items()}}
+             **{k: (lambda kw=kw: MoEVariant(moe, **kw)) for k, kw in VARIANTS.items()},
+             "whole-compiled": lambda: WholeCompiledMoE(moe)}
     return {k: build[k]() for k in designs}
 
 
@@ -301,15 +322,28 @@ def step_fn(module, x):
 
 def suite_layer(a, device, dtype):
     designs = list(a.designs)
+    skipped = {}  # design -> why it could not run here (kept in every row)
     if any(VARIANTS.get(k, {}).get("expert_impl") == "grouped" for k in designs):  # can torch run it here?
         try:
             grouped_error(MoEFeedForward(64, 128, 2, expert_impl="loop").to(device, dtype),
                           torch.randn(64, 64, device=device, dtype=dtype))
         except (RuntimeError, ValueError, NotImplementedError) as e:
             skip = [k for k in designs if VARIANTS.get(k, {}).get("expert_impl") == "grouped"]
-            print(f"[layer] {', '.join(skip)}: skipped, torch {torch.__version__} cannot run the grouped "
-                  f"path on {device} {dtype}: {str(e).splitlines()[0][:200]}")
+            why = f"torch {torch.__version__} cannot run the grouped path on {device} {dtype}: {str(e).splitlines()[0][:200]}"
+            print(f"[layer] {', '.join(skip)}: skipped, {why}")
+            skipped.update(dict.fromkeys(skip, why))
             designs = [k for k in designs if k not in skip]
+    if "whole-compiled" in designs:  # does inductor compile the grouped layer here?
+        try:
+            m = MoEFeedForward(64, 128, 2).to(device, dtype).train()
+            step_fn(WholeCompiledMoE(m), torch.randn(64, 64, device=device, dtype=dtype))()
+        except Exception as e:  # noqa: BLE001 - whatever inductor raises is the finding
+            lines = str(e).strip().splitlines() or [""]
+            why = (f"torch {torch.__version__} cannot compile the grouped layer on {device} {dtype}: "
+                   f"{type(e).__name__}: {lines[0][:300]}")
+            print(f"[layer] whole-compiled: skipped, {why}")
+            skipped["whole-compiled"] = why
+            designs.remove("whole-compiled")
     rows = []
     hdr = f"{'N':>3} {'T':>6} " + " ".join(f"{k + ' ms':>17}" for k in designs) + " " + " ".join(
         f"{k + '/dense':>19}" for k in designs[1:]) + "   peak MiB: " + " / ".join(designs)
@@ -328,7 +362,7 @@ def suite_layer(a, device, dtype):
                    **{f"{k}_ms": round(v * 1e3, 3) for k, v in sec.items()},
                    **{f"{k}_over_dense": round(sec[k] / sec["dense"], 3) for k in designs[1:]},
                    **{f"{k}_peak_mib": round(mem[k] / 2 ** 20, 1) for k in designs},
-                   "tokens_per_s_ours": round(t / sec["ours"])}
+                   "tokens_per_s_ours": round(t / sec["ours"]), **({"skipped": skipped} if skipped else {})}
             if device.type == "cuda":  # kernels per step and their summed time: launch-bound or not
                 for k in designs:
                     try:
