@@ -20,10 +20,14 @@ same graph, so that inductor fuses them into a few kernels forward and backward:
     as the estimator's factor stay constants (`specialize_float`: a router's factor 2 after
     another's 1 would otherwise become a symbol, which dynamo fails to carry into a backward).
 
-The eager router is the reference (tests/test_routers.py compares the two for every router
-family). Opt in with `--moe-compile-router` (`MoEFeedForward(compile_router=True)`); off by
+The eager router is the reference (tests/test_compiled_router.py compares the two, router
+configurations of every family, with pads, under bf16 autocast, in a layer and in a fairseq
+training step). Past `_GRAPHS` graphs in one process, new configurations fall back to the eager
+router with one warning. Opt in with `--moe-compile-router` (`MoEFeedForward(compile_router=True)`); off by
 default until measured on a GPU (gpu_check.sh's layer steps time both).
 """
+import warnings
+
 import torch
 
 from .base import RouterOutput
@@ -43,6 +47,7 @@ _compiled = None  # made at the first call (importing torch's compiler costs sec
 # graphs of `_route` one process may hold (torch's default, 8, would fail a model with a few
 # router configurations in training, validation and generation, with or without pads)
 _GRAPHS = 64
+_warned = False
 
 
 def compiled_route(router, x, padding_mask=None):
@@ -56,7 +61,19 @@ def compiled_route(router, x, padding_mask=None):
         if padding_mask is not None:
             torch._dynamo.mark_dynamic(padding_mask, 0)
     with_stats = torch.is_grad_enabled()
-    with torch._dynamo.config.patch(specialize_float=True, recompile_limit=_GRAPHS):
-        index, gate, probs, logits, balance_probs, stats = _compiled(router, x, padding_mask, with_stats)
+    # autocast off around the graph as inside the router: a graph compiled under autocast would
+    # also run its backward (traced with it) in half precision
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        try:
+            with torch._dynamo.config.patch(specialize_float=True, recompile_limit=_GRAPHS):
+                outs = _compiled(router, x, padding_mask, with_stats)
+        except torch._dynamo.exc.FailOnRecompileLimitHit:  # raised before anything ran: no draw made
+            global _warned
+            if not _warned:
+                warnings.warn(f"routers/compiled.py: more than {_GRAPHS} router graphs in this process; "
+                              "new configurations run the eager router (the same numbers, more kernels)")
+                _warned = True
+            outs = _route(router, x, padding_mask, with_stats)
+    index, gate, probs, logits, balance_probs, stats = outs
     out = RouterOutput(index, gate, probs, logits, padding_mask, balance_probs)
     return out if stats is None else out.preset_stats(stats)
