@@ -23,8 +23,8 @@ same graph, so that inductor fuses them into a few kernels forward and backward:
 The eager router is the reference (tests/test_compiled_router.py compares the two, router
 configurations of every family, with pads, under bf16 autocast, in a layer and in a fairseq
 training step). Past `_GRAPHS` graphs in one process, new configurations fall back to the eager
-router with one warning. Opt in with `--moe-compile-router` (`MoEFeedForward(compile_router=True)`); off by
-default until measured on a GPU (gpu_check.sh's layer steps time both).
+router with one warning. Opt in with `--moe-compile-router` (`MoEFeedForward(compile_router=True)`);
+off by default until measured on a GPU (gpu_check.sh's layer-compiled step times it).
 """
 import warnings
 
@@ -53,7 +53,7 @@ _warned = False
 def compiled_route(router, x, padding_mask=None):
     """`router(x, padding_mask)` (a RouterOutput) from the compiled graph; in training its
     statistics come from the same graph (at inference, read lazily as in eager)."""
-    global _compiled
+    global _compiled, _warned
     if _compiled is None:
         _compiled = torch.compile(_route, fullgraph=True, options={"fallback_random": True})
     if x.size(0) > 1:  # a size 0 or 1 is specialized whatever the mark
@@ -68,7 +68,6 @@ def compiled_route(router, x, padding_mask=None):
             with torch._dynamo.config.patch(specialize_float=True, recompile_limit=_GRAPHS):
                 outs = _compiled(router, x, padding_mask, with_stats)
         except torch._dynamo.exc.FailOnRecompileLimitHit:  # raised before anything ran: no draw made
-            global _warned
             if not _warned:
                 warnings.warn(f"routers/compiled.py: more than {_GRAPHS} router graphs in this process; "
                               "new configurations run the eager router (the same numbers, more kernels)")
