@@ -256,19 +256,14 @@ class MoEVariant(nn.Module):
         return self.moe(x)
 
 
-def GroupedMoE(moe: MoEFeedForward) -> MoEVariant:
-    """`moe` (the same parameters) through the grouped-GEMM path."""
-    return MoEVariant(moe, **VARIANTS["grouped"])
-
-
 class WholeCompiledMoE(MoEVariant):
-    """`moe` on the grouped path with the whole layer under torch.compile (inductor with torch's
-    own random calls). Issue 21 found inductor failing on the grouped GEMMs in bf16 on an H200
+    """`moe` with the whole layer under torch.compile (inductor with torch's own random calls),
+    on the grouped path. Issue 21 found inductor failing on the grouped GEMMs in bf16 on an H200
     (torch 2.11); `suite_layer` tries a small step first and, where it fails, skips this design
     with inductor's message."""
 
-    def __init__(self, moe: MoEFeedForward):
-        super().__init__(moe, expert_impl="grouped", compile_router=False)
+    def __init__(self, moe: MoEFeedForward, **settings):
+        super().__init__(moe, **settings)
         self.compiled = torch.compile(moe.forward, options={"fallback_random": True})
 
     def run(self, x):
@@ -278,8 +273,13 @@ class WholeCompiledMoE(MoEVariant):
 #: layer designs that are `ours` with other settings (routers/compiled.py: the compiled router)
 VARIANTS = {"grouped": dict(expert_impl="grouped"), "compiled": dict(compile_router=True),
             "grouped-compiled": dict(expert_impl="grouped", compile_router=True),
-            "whole-compiled": dict(expert_impl="grouped")}
+            "whole-compiled": dict(expert_impl="grouped", compile_router=False)}
 DESIGNS = ["dense", "ours", *VARIANTS, "mask-loop", "onehot-einsum"]
+
+
+def variant(moe: MoEFeedForward, design: str) -> MoEVariant:
+    """The layer design `design` (a key of VARIANTS) on `moe`'s parameters."""
+    return (WholeCompiledMoE if design == "whole-compiled" else MoEVariant)(moe, **VARIANTS[design])
 
 
 def layer_designs(d, d_ff, n, designs):
@@ -287,8 +287,7 @@ def layer_designs(d, d_ff, n, designs):
     moe = MoEFeedForward(d, d_ff, n, router="sparsemixer", expert_impl="loop")
     build = {"dense": lambda: dense_ffn(d, d_ff), "ours": lambda: moe,
              "mask-loop": lambda: MaskLoopMoE(moe), "onehot-einsum": lambda: OneHotEinsumMoE(moe),
-             **{k: (lambda kw=kw: MoEVariant(moe, **kw)) for k, kw in VARIANTS.items()},
-             "whole-compiled": lambda: WholeCompiledMoE(moe)}
+             **{k: (lambda k=k: variant(moe, k)) for k in VARIANTS}}
     return {k: build[k]() for k in designs}
 
 
@@ -296,7 +295,7 @@ def grouped_error(moe: MoEFeedForward, x) -> float:
     """Largest relative error (‖a − b‖ / ‖b‖) of the grouped path against the loop, over the
     output, the input gradient and every parameter gradient, on the same routes."""
     res = []
-    for m in (moe, GroupedMoE(moe)):
+    for m in (moe, variant(moe, "grouped")):
         xi = x.detach().clone().requires_grad_()
         moe.zero_grad(set_to_none=True)
         torch.manual_seed(0)
@@ -345,7 +344,7 @@ def suite_layer(a, device, dtype):
     if "whole-compiled" in designs:  # does inductor compile the grouped layer here?
         try:
             m = MoEFeedForward(64, 128, 2).to(device, dtype).train()
-            step_fn(WholeCompiledMoE(m), torch.randn(64, 64, device=device, dtype=dtype))()
+            step_fn(variant(m, "whole-compiled"), torch.randn(64, 64, device=device, dtype=dtype))()
         except Exception as e:  # noqa: BLE001 - whatever inductor raises is the finding
             why = f"torch {torch.__version__} cannot compile the grouped layer on {device} {dtype}: {_root_error(e)}"
             print(f"[layer] whole-compiled: skipped, {why}")
@@ -366,8 +365,8 @@ def suite_layer(a, device, dtype):
                 try:
                     fns["whole-compiled"]()
                 except Exception as e:  # noqa: BLE001 - keep the other designs' row
-                    skipped[f"whole-compiled N={n} T={t}"] = _root_error(e)
-                    print(f"[layer] whole-compiled at N={n} T={t}: skipped, {_root_error(e)}")
+                    why = skipped[f"whole-compiled N={n} T={t}"] = _root_error(e)
+                    print(f"[layer] whole-compiled at N={n} T={t}: skipped, {why}")
                     del mods["whole-compiled"], fns["whole-compiled"]
                     ds.remove("whole-compiled")
             sec = compare(fns, device, a.warmup, a.repeats)

@@ -52,6 +52,9 @@ class RouterOutput:
 
     @cached_property
     def _stats(self):
+        return self.compute_stats()
+
+    def compute_stats(self) -> dict:
         """Masked means over the non-pad tokens (routers/stats.py): no boolean indexing, no
         data-dependent branch, so reading them never waits for the device."""
         with torch.autocast(device_type=self.logits.device.type, enabled=False):
@@ -59,7 +62,7 @@ class RouterOutput:
                                 self.balance_probs)
 
     def preset_stats(self, stats: dict) -> "RouterOutput":
-        """Sets the statistics `router_stats` computed elsewhere (routers/compiled.py: in the
+        """Sets the statistics `compute_stats` gave elsewhere (routers/compiled.py: in the
         router's compiled graph) in place of the lazy ones."""
         self.__dict__["_stats"] = stats
         return self

@@ -4,8 +4,8 @@ Eager, a layer step spends about half of its aten ops on the router's (T, N) ari
 mask, the softmax, the Gumbel draw, the coin, the gate, the statistics and the losses, forward
 and backward; docs/benchmarks.md, section 5), each a kernel launch on a GPU, where the layer is
 launch-bound. `compiled_route(router, x, padding_mask)` returns what `router(x, padding_mask)`
-returns, with, when autograd is on (training), the statistics `router_stats` computed in the
-same graph, so that inductor fuses them into a few kernels forward and backward:
+returns, with, when autograd is on (training), its statistics (`RouterOutput.compute_stats`)
+computed in the same graph, so that inductor fuses them into a few kernels forward and backward:
 
   * the same draws: inductor's `fallback_random` keeps torch's own exponential_, uniform_ and
     rand calls, in the eager order, so D, the coin and Switch's noise are the eager router's
@@ -31,15 +31,11 @@ import warnings
 import torch
 
 from .base import RouterOutput
-from .stats import router_stats
 
 
 def _route(router, x, padding_mask, with_stats: bool):
     out = router(x, padding_mask)
-    stats = None
-    if with_stats:
-        with torch.autocast(device_type=x.device.type, enabled=False):
-            stats = router_stats(out.logits, out.probs, out.expert_index[:, 0], padding_mask, out.balance_probs)
+    stats = out.compute_stats() if with_stats else None
     return out.expert_index, out.gate, out.probs, out.logits, out.balance_probs, stats
 
 
