@@ -467,3 +467,23 @@ def test_router_stats_equal_the_reference_bit_for_bit(name, kw, pads, losses):
             assert torch.equal(a, b), (i, a, b)
     if pads == "all":
         assert all(t.abs().sum() == 0 for t in got[1][:6])
+
+
+def test_forward_scales_are_exact():
+    """The coin's scales are exactly 1, 1/2 and float32(1/3) (s = c^b, one op), float32, and 1
+    at the argmax where the rule says so: the gate s·π_D carries no rounding of s."""
+    from fairseq_sparsemixer.routers.sparsemixer import _scale
+
+    torch.manual_seed(0)
+    non_argmax = (torch.arange(4000) % 2 == 0).unsqueeze(1)
+    third = (torch.ones(()) / 3.0).item()
+    for rule, values, one_at_argmax in [("euler", {1.0}, True), ("midpoint", {1.0, 0.5}, True),
+                                        ("midpoint-all", {1.0, 0.5}, False),
+                                        ("heun3", {1.0, third}, True)]:
+        s = _scale(rule, non_argmax)
+        assert s.dtype == torch.float32 and s.shape == non_argmax.shape, rule
+        assert set(s.unique().tolist()) == values, rule
+        if one_at_argmax:
+            assert (s[~non_argmax] == 1).all(), rule
+    s = _scale("monte-carlo", non_argmax)
+    assert (s[~non_argmax] == 1).all() and (s[non_argmax] < 1).all()

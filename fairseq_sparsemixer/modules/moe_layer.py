@@ -90,7 +90,7 @@ def grouped_layout(expert: torch.Tensor, num_experts: int, align: int = _GROUP_A
     cum = (expert.unsqueeze(1) == slots).cumsum(0)  # (A, N + 1): assignments of e among the first a
     counts = cum[-1] if a else slots.new_zeros(n + 1)  # no assignment: an empty cum
     start = (counts.cumsum(0) - counts).div(align, rounding_mode="floor").add_(slots).mul_(align)  # B
-    row = cum.gather(1, expert.unsqueeze(1)).squeeze(1) + (start - 1)[expert]  # distinct, < R
+    row = (cum + (start - 1)).gather(1, expert.unsqueeze(1)).squeeze(1)  # B_e + rank: distinct, < R
     offs = F.pad(start[1:n], (0, 1), value=rows).to(torch.int32)
     return row, offs, rows
 

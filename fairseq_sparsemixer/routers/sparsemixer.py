@@ -47,20 +47,22 @@ class EstimatorGate(torch.autograd.Function):
         return grad_logits, None, None, None, None
 
 
-def _scale(rule: str, is_argmax: torch.Tensor) -> torch.Tensor:
-    """Forward gate scale s, (T, 1) float, for the integration rule of each variant."""
-    coin = torch.rand(is_argmax.shape, device=is_argmax.device)
-    one = torch.ones_like(coin)
+def _scale(rule: str, non_argmax: torch.Tensor) -> torch.Tensor:
+    """Forward gate scale s, (T, 1) float32, for the integration rule of each variant, from one
+    coin per token (drawn whatever the rule: the same random stream for every variant).
+    `non_argmax` (T, 1) bool: 1[D ≠ argmax π]. Written as s = c^b, b = 1[the coin takes the
+    other rule] (one op: c^0 = 1, c^1 = c, exactly), not as a `where` between tensors of ones."""
+    coin = torch.rand(non_argmax.shape, device=non_argmax.device)
     if rule == "euler":  # always first order
-        return one
+        return torch.ones_like(coin)
     if rule == "midpoint":  # argmax: first order; else a fair coin picks Euler or mid-point
-        return torch.where(is_argmax | (coin < 0.5), one, one * 0.5)
+        return torch.pow(0.5, non_argmax & (coin >= 0.5))
     if rule == "midpoint-all":  # the coin for every D, the argmax too
-        return torch.where(coin < 0.5, one, one * 0.5)
+        return torch.pow(0.5, coin >= 0.5)
     if rule == "monte-carlo":  # s ~ U(0, 1) off the argmax: MC estimate of ∫_0^1 φ'(sπ) ds
-        return torch.where(is_argmax, one, coin)
+        return coin.masked_fill(~non_argmax, 1.0)
     if rule == "heun3":  # GRIN-MoE: s = 1 at the argmax or with prob. 1/4, else 1/3
-        return torch.where(is_argmax | (coin < 0.25), one, one / 3.0)
+        return torch.pow(1.0 / 3.0, non_argmax & (coin >= 0.25))
     raise ValueError(rule)
 
 
@@ -110,7 +112,7 @@ class SparseMixerRouter(Router):
             return best, probs.gather(-1, best), probs
         with torch.no_grad():
             index = gumbel_argmax(masked.detach()) if self.sample else best
-            scale = _scale(self.rule, index == best)
+            scale = _scale(self.rule, index != best)
         gate = EstimatorGate.apply(logits, probs.detach(), index, scale, self.grad_factor)
         return index, gate, probs
 

@@ -8,7 +8,9 @@
     one_kept_frac    Σ_t keep_t 1[π_t keeps one expert] / Σ keep             (logged only)
 
 The means come from one product keep @ V, V = [P, lse(θ)², ±Σ_j π_j log π_j, 1[D ≠ argmax θ],
-1[one kept]] (N + 4 columns). Σ keep = 0 (only pads) gives 0 everywhere.
+1[one kept]] (N + 4 columns; `router_stats` appends the N one-hot columns 1[D = e], whose sums
+keep @ V are the counts, exact: sums of 0/1 in float32). Σ keep = 0 (only pads) gives 0
+everywhere.
 
 `router_stats_reference` writes this in plain PyTorch and lets autograd differentiate it.
 `router_stats` (the one the routers use) is the same forward in fewer ops, and an
@@ -20,8 +22,8 @@ The means come from one product keep @ V, V = [P, lse(θ)², ±Σ_j π_j log π_
 in the order of floating-point operations that autograd applies to the reference, so that the
 two agree bit for bit (tests/test_routers.py): training numbers do not move. The logged
 entropy agrees to rounding (−Σ π log π is computed by `torch.special.entr`, not by the log of π
-clamped at 1e-30). Issue 21: on 512 tokens with pads, all six read, the reference dispatches 28
-aten ops forward and 13 backward; this one 23 and 11.
+clamped at 1e-30). Issue 21: on 512 tokens with pads, all six read, the reference dispatches 27
+aten ops forward and 13 backward; this one 20 and 11 (23 before the counts came from the sums).
 """
 import torch
 from torch.autograd.function import once_differentiable
@@ -32,10 +34,11 @@ def _means(keep, columns, denom):
 
 
 def _keep(probs, padding_mask):
-    """keep_t (T,): 1 at non-pad tokens, in the dtype of the probabilities."""
+    """keep_t (T,): 1 at non-pad tokens, in the dtype of the probabilities: 0^pad in one op
+    (0^0 = 1, 0^1 = 0 exactly)."""
     if padding_mask is None:
         return probs.new_ones(probs.size(0))
-    return (~padding_mask.reshape(-1)).to(probs.dtype)
+    return torch.pow(0.0, padding_mask.reshape(-1)).to(probs.dtype)
 
 
 def _counts_frac(first, keep, n, denom):
@@ -72,9 +75,13 @@ class RouterStats(torch.autograd.Function):
         columns = torch.cat([pb, lse.square().unsqueeze(-1),
                              torch.special.entr(probs).sum(-1, keepdim=True),
                              (first != logits.argmax(dim=-1)).unsqueeze(-1),
-                             (torch.count_nonzero(probs, dim=-1) == 1).unsqueeze(-1)], -1)
-        means = _means(keep, columns, denom)
-        counts, frac = _counts_frac(first, keep, n, denom)
+                             (torch.count_nonzero(probs, dim=-1) == 1).unsqueeze(-1),
+                             first.unsqueeze(-1) == torch.arange(n, device=first.device)], -1)
+        sums = keep @ columns
+        means = sums / denom
+        # the counts are sums of 0/1 (exact in float32 below 2^24 tokens): f_e = counts_e / Σ keep
+        # as in the reference, without a scatter
+        counts, frac = sums[n + 4:].long(), means[n + 4:]
         ctx.save_for_backward(logits, lse, frac, keep, denom)
         ctx.mark_non_differentiable(counts)
         ctx.set_materialize_grads(False)  # an unused loss's gradient stays None: no zeros to build
