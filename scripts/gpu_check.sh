@@ -46,8 +46,8 @@
 #   model-bf16    the same in bf16, --attention-backend auto
 #   layer-compiled  the layer-bf16 table for the designs dense, ours (the loop), grouped, compiled
 #                 and grouped-compiled (--moe-compile-router: routers/compiled.py), kernels per step
-#   layer-whole   the same for N = 4 with the grouped layer entirely under torch.compile
-#                 (whole-compiled), or the error inductor gives for it (issue 21 found one in bf16)
+#   layer-whole   the same for N = 4 with the grouped layer under torch.compile, its grouped
+#                 GEMMs left to torch (whole-compiled), or the error inductor gives for it
 # --smoke runs the same steps on CPU in a few minutes (tests/test_gpu_check.py), without time
 # limits: small dims and --updates N; fp32 instead of fp16 (which needs a GPU) and bf16 on CPU;
 # generation of 4 tokens; the two gloo ranks with legacy_ddp and fairseq's own init (torchrun

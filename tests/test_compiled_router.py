@@ -1,6 +1,8 @@
 """The compiled router (routers/compiled.py) against the eager one, its reference: the same
 draws, the same statistics, losses and gradients to float rounding, for every router family;
 one graph for every token count and every layer of a model."""
+from collections import Counter
+
 import pytest
 import torch
 
@@ -191,3 +193,54 @@ def test_compiled_router_falls_back_to_eager_past_the_graph_limit(monkeypatch):
         got = compiled_route(r, x)
     assert torch.equal(got.expert_index, want.expert_index) and torch.equal(got.gate, want.gate)
     assert torch.equal(got.balance_loss, want.balance_loss)
+
+
+def test_whole_compiled_layer_equals_eager_and_runs_as_few_calls(one_thread):
+    """The grouped layer under torch.compile (the benchmark's design `whole-compiled`): the grouped
+    GEMMs are left to torch (`_grouped_gemm`, a graph break on each side; traced, they fail on
+    CPU in fp32: torch's shape function wants bf16), the rest is compiled: the router, its
+    statistics and losses (in the graph, not read lazily after it), the layout, the gather back,
+    gate and omega. The same draws and the same numbers to rounding as the eager layer (outputs,
+    statistics, every gradient, two steps). One training step (512 tokens with pads, N = 4, one
+    thread; the test's own loss and its backward left out) runs 38 calls where the eager layer
+    dispatches 130 aten ops (tests/test_moe_layer.py) and a dense FFN 17: 16 fused kernels, 8
+    matmuls (the router's three, the statistics' sums, the four bias matmuls of the experts'
+    forward and backward), the two draws, 2 cumsums and a searchsorted (the layout), and,
+    between the graphs, the 6 grouped GEMMs (2 forward, 4 backward), 2 zero gradients
+    AOTAutograd makes for outputs without one and the sum of the input's two gradients."""
+    import copy
+
+    from fairseq_sparsemixer.diagnostics.host_syncs import compiled_calls
+
+    torch.manual_seed(0)
+    eager = MoEFeedForward(64, 256, 4, expert_impl="grouped").train()
+    comp = copy.deepcopy(eager)
+    fwd = torch.compile(comp.forward, options={"fallback_random": True, "cpp.enable_kernel_profile": True})
+    x = torch.randn(512, 64, requires_grad=True)
+    pad = torch.zeros(512, dtype=torch.bool)
+    pad[-37:] = True
+
+    def step(m, forward, seed=1):
+        m.zero_grad(set_to_none=True)
+        x.grad = None
+        torch.manual_seed(seed)
+        y = forward(x, pad)
+        r = m.last
+        got = dict(y=y, index=r.expert_index, **{k: getattr(r, k) for k in STATS})
+        (y.square().mean() + 0.01 * r.balance_loss + 0.001 * r.z_loss).backward()
+        return dict(got, x_grad=x.grad, **{k: p.grad for k, p in m.named_parameters()})
+
+    for seed in (1, 2):
+        want, got = step(eager, eager, seed), step(comp, fwd, seed)
+        assert set(got) == set(want)
+        for k in want:
+            _close(got[k], want[k], k)
+    calls = compiled_calls(lambda: step(comp, fwd), eager=True)
+    leaves = [torch.zeros(512, 64, requires_grad=True), torch.zeros((), requires_grad=True),
+              torch.zeros((), requires_grad=True)]
+    calls.subtract(compiled_calls(
+        lambda: (leaves[0].square().mean() + 0.01 * leaves[1] + 0.001 * leaves[2]).backward(), eager=True))
+    assert +calls == Counter({  # torch 2.13, CPU
+        "fused": 16, "mm": 6, "addmm": 2, "exponential": 1, "rand": 1, "cumsum": 2, "searchsorted": 1,
+        "eager:_grouped_mm": 6, "eager:zeros": 2, "eager:add": 1}), calls
+    assert -calls == Counter(), calls  # the loss's ops, no more, were left out

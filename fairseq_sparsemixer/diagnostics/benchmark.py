@@ -18,8 +18,9 @@ layer   forward+backward of one FFN layer on T tokens (d = 512, d_ff = 2048 per 
         (T, N, C) dispatch and combine tensors with capacity C = ceil(1.25 T / N), stacked
         expert weights, einsum); opt-in designs `compiled` and `grouped-compiled`: ours and
         grouped with --moe-compile-router (routers/compiled.py; the first warm-up step compiles),
-        and `whole-compiled`: the grouped layer entirely under torch.compile (skipped, with
-        inductor's message, where it fails to compile).
+        and `whole-compiled`: the grouped layer under torch.compile, its two grouped GEMMs left
+        to torch (graph breaks: traced, they fail, issue 21; skipped, with inductor's message,
+        where the rest fails to compile).
         All use the same SparseMixer router. Peak memory: the
         most memory allocated above the pre-step level during one step (activations and
         gradients; CUDA: max_memory_allocated, CPU: the profiler's allocation events).
@@ -258,9 +259,9 @@ class MoEVariant(nn.Module):
 
 class WholeCompiledMoE(MoEVariant):
     """`moe` with the whole layer under torch.compile (inductor with torch's own random calls),
-    on the grouped path. Issue 21 found inductor failing on the grouped GEMMs in bf16 on an H200
-    (torch 2.11); `suite_layer` tries a small step first and, where it fails, skips this design
-    with inductor's message."""
+    on the grouped path; the grouped GEMMs stay torch's (modules/moe_layer.py `_grouped_gemm`:
+    issue 21 found inductor failing on them in bf16 on an H200, torch 2.11). `suite_layer` tries
+    a small step first and, where it still fails, skips this design with inductor's message."""
 
     def __init__(self, moe: MoEFeedForward, **settings):
         super().__init__(moe, **settings)

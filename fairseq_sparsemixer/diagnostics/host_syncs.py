@@ -98,12 +98,14 @@ class AtenOps(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def compiled_calls(fn) -> Counter:
+def compiled_calls(fn, eager: bool = False) -> Counter:
     """What the `torch.compile`d graphs run while fn() runs, a Counter by name: "fused" for each
     kernel inductor generated (on CPU, recorded only for graphs compiled with the inductor option
     `cpp.enable_kernel_profile`) and the name of each aten op a graph calls itself (matmuls, the
     random draws kept by `fallback_random`, scatters): each a kernel launch on a GPU. `AtenOps`
-    cannot count these: under a dispatch mode dynamo runs the code eagerly."""
+    cannot count these: under a dispatch mode dynamo runs the code eagerly. eager=True also counts,
+    as "eager:<op>", the aten ops called outside the graphs (outermost calls only, views left out:
+    between graphs, e.g. the grouped GEMMs of a compiled layer, and their backward)."""
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU]) as prof:
@@ -112,7 +114,22 @@ def compiled_calls(fn) -> Counter:
     for e in prof.events():
         if e.cpu_parent is not None and e.cpu_parent.name.startswith("## Call CompiledFxGraph"):
             calls["fused" if "cpp_fused" in e.name else e.name.removeprefix("aten::")] += 1
+        elif eager and e.name.startswith("aten::") and not _is_view(e.name[6:]):
+            parents, p = [], e.cpu_parent
+            while p is not None:
+                parents.append(p.name)
+                p = p.cpu_parent
+            if not any(n.startswith(("aten::", "## Call CompiledFxGraph")) for n in parents):
+                calls["eager:" + e.name[6:]] += 1
     return calls
+
+
+def _is_view(name: str) -> bool:
+    """Whether aten::name launches no kernel: every overload returns a view, or `_unsafe_view`
+    (a view autograd does not track, which AOTAutograd's runtime calls on a graph's outputs)."""
+    packet = getattr(torch.ops.aten, name, None)
+    return name == "_unsafe_view" or (packet is not None and all(getattr(packet, o).is_view
+                                                                 for o in packet.overloads()))
 
 
 def count_cuda(fn) -> dict:

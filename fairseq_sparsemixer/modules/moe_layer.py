@@ -58,6 +58,21 @@ from ..routers.compiled import compiled_route
 from .ops import gather_rows
 
 _grouped_mm = getattr(F, "grouped_mm", None) or getattr(torch, "_grouped_mm", None)
+
+
+def _grouped_gemm(a, b, offs):
+    """`_grouped_mm(a, b, offs=offs)`; under torch.compile left to torch (a graph break around
+    it), so that the rest of the layer compiles: torch 2.13's shape function of `_grouped_mm`,
+    which the compiler runs, accepts only bf16 (fp32 fails to trace, on CPU too), and inductor
+    failed at the second grouped GEMM in bf16 on an H200 (torch 2.11, issue 21)."""
+    if torch.compiler.is_compiling():
+        return _eager_grouped_gemm(a, b, offs)
+    return _grouped_mm(a, b, offs=offs)
+
+
+@torch.compiler.disable
+def _eager_grouped_gemm(a, b, offs):
+    return _grouped_mm(a, b, offs=offs)
 EXPERT_IMPLS = ("auto", "loop", "grouped")
 _GROUP_ALIGN = 16  # rows: where each expert's group starts in the grouped GEMM's buffer
 
@@ -193,6 +208,10 @@ class MoEFeedForward(nn.Module):
         x = x.reshape(-1, shape[-1])  # (T, d)
         pad = None if padding_mask is None else padding_mask.reshape(-1).to(torch.bool)
         route = compiled_route(self.router, x, pad) if self.compile_router else self.router(x, pad)
+        if torch.compiler.is_compiling() and torch.is_grad_enabled():
+            # the layer under torch.compile: the statistics in its graph (read lazily, they would
+            # run eagerly after it)
+            route.preset_stats(route.compute_stats())
         self.last = route
         n, k = self.num_experts, route.expert_index.size(1)
         # the expert of every assignment (A,) = (token, choice), pads sent to the discard slot n
@@ -265,11 +284,11 @@ class MoEFeedForward(nn.Module):
         if pad is not None:
             xa = xa.masked_fill(pad.unsqueeze(-1), 0)
         xs = x.new_zeros(rows, x.size(1)).index_copy(0, row, xa)  # backward: an index_select
-        h = torch.addmm(_grouped_mm(xs, stack(lambda m: m.fc1.weight).transpose(1, 2), offs=offs),
+        h = torch.addmm(_grouped_gemm(xs, stack(lambda m: m.fc1.weight).transpose(1, 2), offs=offs),
                         onehot, stack(lambda m: m.fc1.bias))
         e0 = self.experts[0]
         h = F.dropout(e0.act(h), p=e0.activation_dropout, training=self.training)
-        ys = torch.addmm(_grouped_mm(h, stack(lambda m: m.fc2.weight).transpose(1, 2), offs=offs),
+        ys = torch.addmm(_grouped_gemm(h, stack(lambda m: m.fc2.weight).transpose(1, 2), offs=offs),
                          onehot, stack(lambda m: m.fc2.bias))
         ys = gather_rows(ys, row, unique=True)
         return ys if pad is None else ys.masked_fill(pad.unsqueeze(-1), 0)  # exactly 0 at pads

@@ -50,6 +50,8 @@ def compiled_route(router, x, padding_mask=None):
     """`router(x, padding_mask)` (a RouterOutput) from the compiled graph; in training its
     statistics come from the same graph (at inference, read lazily as in eager)."""
     global _compiled, _warned
+    if torch.compiler.is_compiling():  # inside a compiled model: traced into its graph
+        return router(x, padding_mask)
     if _compiled is None:
         _compiled = torch.compile(_route, fullgraph=True, options={"fallback_random": True})
     if x.size(0) > 1:  # a size 0 or 1 is specialized whatever the mark
