@@ -469,6 +469,27 @@ def test_router_stats_equal_the_reference_bit_for_bit(name, kw, pads, losses):
         assert all(t.abs().sum() == 0 for t in got[1][:6])
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_router_stats_counts_are_exact_in_every_dtype(dtype):
+    """The counts come from the statistics' matmul where its sums of 0/1 are exact (float32, up to
+    2^24 tokens), from a scatter otherwise: 16-bit sums round past 256 (bf16) or 2048 (fp16)
+    tokens (4998 counted as 4992 in bf16). And an in-place edit of a returned statistic does not
+    reach the balance loss's backward (its f is not a view of the returned means)."""
+    from fairseq_sparsemixer.routers.stats import router_stats, router_stats_reference
+
+    n, t = 2, 5001
+    first = torch.zeros(t, dtype=torch.long)
+    first[:3] = 1
+    logits = torch.randn(t, n).to(dtype).requires_grad_()
+    probs = logits.softmax(-1)
+    for fn in (router_stats_reference, router_stats):
+        s = fn(logits, probs, first)
+        assert s["expert_counts"].tolist() == [t - 3, 3], (fn.__name__, s["expert_counts"])
+    s["entropy"].mul_(2.0)
+    s["balance_loss"].backward()  # would fail: "modified by an inplace operation"
+    assert logits.grad is not None
+
+
 def test_forward_scales_are_exact():
     """The coin's scales are exactly 1, 1/2 and float32(1/3) (s = c^b, one op), float32, and 1
     at the argmax where the rule says so: the gate s·π_D carries no rounding of s."""

@@ -114,22 +114,31 @@ def compiled_calls(fn, eager: bool = False) -> Counter:
     for e in prof.events():
         if e.cpu_parent is not None and e.cpu_parent.name.startswith("## Call CompiledFxGraph"):
             calls["fused" if "cpp_fused" in e.name else e.name.removeprefix("aten::")] += 1
-        elif eager and e.name.startswith("aten::") and not _is_view(e.name[6:]):
+        elif eager and e.name.startswith("aten::"):
             parents, p = [], e.cpu_parent
             while p is not None:
                 parents.append(p.name)
                 p = p.cpu_parent
             if not any(n.startswith(("aten::", "## Call CompiledFxGraph")) for n in parents):
-                calls["eager:" + e.name[6:]] += 1
+                for name in _kernels(e):
+                    calls["eager:" + name] += 1
     return calls
 
 
-def _is_view(name: str) -> bool:
-    """Whether aten::name launches no kernel: every overload returns a view, or `_unsafe_view`
-    (a view autograd does not track, which AOTAutograd's runtime calls on a graph's outputs)."""
+# ops that launch no kernel although not every overload is marked a view
+_NO_KERNEL = {"_unsafe_view", "split", "split_with_sizes", "unbind", "chunk"}
+
+
+def _kernels(event):
+    """The kernel-launching aten ops of an outermost aten call: itself, unless it is a view or a
+    composite that may copy (contiguous, reshape, to, flatten: all marked views), whose copies
+    are its children (clone, _to_copy), searched in turn."""
+    name = event.name.removeprefix("aten::")
     packet = getattr(torch.ops.aten, name, None)
-    return name == "_unsafe_view" or (packet is not None and all(getattr(packet, o).is_view
-                                                                 for o in packet.overloads()))
+    if name not in _NO_KERNEL and not (packet is not None and all(getattr(packet, o).is_view
+                                                                  for o in packet.overloads())):
+        return [name]
+    return [k for c in event.cpu_children if c.name.startswith("aten::") for k in _kernels(c)]
 
 
 def count_cuda(fn) -> dict:

@@ -9,7 +9,8 @@
 
 The means come from one product keep @ V, V = [P, lse(θ)², ±Σ_j π_j log π_j, 1[D ≠ argmax θ],
 1[one kept]] (N + 4 columns; `router_stats` appends the N one-hot columns 1[D = e], whose sums
-keep @ V are the counts, exact: sums of 0/1 in float32). Σ keep = 0 (only pads) gives 0
+keep @ V are the counts, exact: sums of 0/1 in float32 up to 2^24 tokens; with 16-bit
+probabilities or more tokens it scatters, as the reference does). Σ keep = 0 (only pads) gives 0
 everywhere.
 
 `router_stats_reference` writes this in plain PyTorch and lets autograd differentiate it.
@@ -23,7 +24,7 @@ in the order of floating-point operations that autograd applies to the reference
 two agree bit for bit (tests/test_routers.py): training numbers do not move. The logged
 entropy agrees to rounding (−Σ π log π is computed by `torch.special.entr`, not by the log of π
 clamped at 1e-30). Issue 21: on 512 tokens with pads, all six read, the reference dispatches 27
-aten ops forward and 13 backward; this one 20 and 11 (23 before the counts came from the sums).
+aten ops forward and 13 backward; this one 21 and 11 (23 before the counts came from the sums).
 """
 import torch
 from torch.autograd.function import once_differentiable
@@ -72,16 +73,21 @@ class RouterStats(torch.autograd.Function):
         n = probs.size(-1)
         denom = keep.sum().clamp_min(1.0)
         lse = torch.logsumexp(logits, dim=-1)
+        # the counts as sums of 0/1 in the matmul below, where they are exact: in float32 (what the
+        # routers give) up to 2^24 tokens; 16-bit sums are not (past 256 tokens in bf16)
+        exact = probs.dtype == torch.float64 or (probs.dtype == torch.float32 and probs.size(0) <= 2 ** 24)
+        onehot = [first.unsqueeze(-1) == torch.arange(n, device=first.device)] if exact else []
         columns = torch.cat([pb, lse.square().unsqueeze(-1),
                              torch.special.entr(probs).sum(-1, keepdim=True),
                              (first != logits.argmax(dim=-1)).unsqueeze(-1),
-                             (torch.count_nonzero(probs, dim=-1) == 1).unsqueeze(-1),
-                             first.unsqueeze(-1) == torch.arange(n, device=first.device)], -1)
+                             (torch.count_nonzero(probs, dim=-1) == 1).unsqueeze(-1), *onehot], -1)
         sums = keep @ columns
-        means = sums / denom
-        # the counts are sums of 0/1 (exact in float32 below 2^24 tokens): f_e = counts_e / Σ keep
-        # as in the reference, without a scatter
-        counts, frac = sums[n + 4:].long(), means[n + 4:]
+        means = sums[:n + 4] / denom
+        if exact:  # f_e = counts_e / Σ keep as in the reference, without a scatter; frac its own
+            # tensor, not a view of the returned means (an in-place edit of one must not reach it)
+            counts, frac = sums[n + 4:].long(), sums[n + 4:] / denom
+        else:
+            counts, frac = _counts_frac(first, keep, n, denom)
         ctx.save_for_backward(logits, lse, frac, keep, denom)
         ctx.mark_non_differentiable(counts)
         ctx.set_materialize_grads(False)  # an unused loss's gradient stays None: no zeros to build
