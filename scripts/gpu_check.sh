@@ -311,7 +311,7 @@ step model-bf16 120 "model_result $OUT/model-bf16.json" -- \
 # issue 21's layer table with the compiled router (the first warm-up step of each size compiles)
 step layer-compiled 200 "layer_result $OUT/layer-compiled.json" -- python scripts/benchmark.py layer "${LAYER[@]}" \
     --dtype bfloat16 --designs dense ours grouped compiled grouped-compiled --json "$OUT/layer-compiled.json"
-# the grouped layer entirely under torch.compile, N = 4: timed where inductor compiles it, else its error
+# the grouped layer under torch.compile around its grouped GEMMs, N = 4: timed where inductor compiles it, else its error
 step layer-whole 200 "layer_result $OUT/layer-whole.json" -- python scripts/benchmark.py layer "${LAYER[@]}" \
     --dtype bfloat16 --designs dense ours grouped whole-compiled "${WHOLE_N[@]}" --json "$OUT/layer-whole.json"
 mv "$OUT/summary.tmp" "$OUT/summary.md"

@@ -58,6 +58,8 @@ from ..routers.compiled import compiled_route
 from .ops import gather_rows
 
 _grouped_mm = getattr(F, "grouped_mm", None) or getattr(torch, "_grouped_mm", None)
+EXPERT_IMPLS = ("auto", "loop", "grouped")
+_GROUP_ALIGN = 16  # rows: where each expert's group starts in the grouped GEMM's buffer
 
 
 def _grouped_gemm(a, b, offs):
@@ -73,8 +75,6 @@ def _grouped_gemm(a, b, offs):
 @torch.compiler.disable
 def _eager_grouped_gemm(a, b, offs):
     return _grouped_mm(a, b, offs=offs)
-EXPERT_IMPLS = ("auto", "loop", "grouped")
-_GROUP_ALIGN = 16  # rows: where each expert's group starts in the grouped GEMM's buffer
 
 
 def grouped_by_default(device_type: str, x_dtype: torch.dtype, weight_dtype: torch.dtype) -> bool:

@@ -48,10 +48,11 @@ class EstimatorGate(torch.autograd.Function):
 
 
 def _scale(rule: str, non_argmax: torch.Tensor) -> torch.Tensor:
-    """Forward gate scale s, (T, 1) float32, for the integration rule of each variant, from one
-    coin per token (drawn whatever the rule: the same random stream for every variant).
-    `non_argmax` (T, 1) bool: 1[D ≠ argmax π]. Written as s = c^b, b = 1[the coin takes the
-    other rule] (one op: c^0 = 1, c^1 = c, exactly), not as a `where` between tensors of ones."""
+    """Forward gate scale s, (T, 1) in the default dtype (float32), for the integration rule of
+    each variant, from one coin per token (drawn whatever the rule: the same random stream for
+    every variant). `non_argmax` (T, 1) bool: 1[D ≠ argmax π]. Written as s = c^b, b = 1[the
+    coin takes the other rule] (one op: c^0 = 1, c^1 = c, exactly), not as a `where` between
+    tensors of ones."""
     coin = torch.rand(non_argmax.shape, device=non_argmax.device)
     if rule == "euler":  # always first order
         return torch.ones_like(coin)
