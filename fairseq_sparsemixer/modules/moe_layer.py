@@ -208,10 +208,6 @@ class MoEFeedForward(nn.Module):
         x = x.reshape(-1, shape[-1])  # (T, d)
         pad = None if padding_mask is None else padding_mask.reshape(-1).to(torch.bool)
         route = compiled_route(self.router, x, pad) if self.compile_router else self.router(x, pad)
-        if torch.compiler.is_compiling() and torch.is_grad_enabled():
-            # the layer under torch.compile: the statistics in its graph (read lazily, they would
-            # run eagerly after it)
-            route.preset_stats(route.compute_stats())
         self.last = route
         n, k = self.num_experts, route.expert_index.size(1)
         # the expert of every assignment (A,) = (token, choice), pads sent to the discard slot n

@@ -150,7 +150,12 @@ class Router(nn.Module):
             logits = logits.float()  # never in place: a new tensor for fp16/bf16, the caller's otherwise
             expert_index, gate, probs = self.select(logits)
             balance_probs = self.balance_probs_of(logits)
-        return RouterOutput(expert_index, gate, probs, logits, padding_mask, balance_probs)
+        out = RouterOutput(expert_index, gate, probs, logits, padding_mask, balance_probs)
+        if torch.compiler.is_compiling() and torch.is_grad_enabled():
+            # traced by torch.compile in training (routers/compiled.py, or a compiled layer): the
+            # statistics in the same graph (read lazily, after it, they would run eagerly)
+            out.preset_stats(out.compute_stats())
+        return out
 
     def select(self, logits):
         raise NotImplementedError

@@ -35,7 +35,7 @@ from .base import RouterOutput
 
 def _route(router, x, padding_mask, with_stats: bool):
     out = router(x, padding_mask)
-    stats = out.compute_stats() if with_stats else None
+    stats = out._stats if with_stats else None  # traced: `route` computed them in this graph
     return out.expert_index, out.gate, out.probs, out.logits, out.balance_probs, stats
 
 
