@@ -193,7 +193,10 @@ sys.exit(0 if keys == want else 1)
 PY
 }
 
-step versions 60 "cat $OUT/versions.log" -- python -c '
+# the result is the three lines printed below, not the whole log: a first import of a fairseq installed
+# with --no-compile (the lent machine's command, docs/benchmarks.md section 4) prints SyntaxWarnings
+# on Python 3.12, which filled the summary's cell before the card's name
+step versions 60 "grep -E '^(card|torch|grouped GEMM) ' $OUT/versions.log" -- python -c '
 import sys, torch, torch.nn.functional as F, fairseq, sacrebleu
 if sys.argv[1] == "0" and not torch.cuda.is_available():
     sys.exit("torch " + torch.__version__ + " sees no GPU here (on a CPU machine use --smoke)")

@@ -1,5 +1,6 @@
 """scripts/gpu_check.sh --smoke: every step of the GPU check, run on CPU (small dims, fp32 and
 bf16, two gloo ranks, the CPU sync counter, the layer benchmark --quick)."""
+import os
 import tarfile
 
 from conftest import run
@@ -44,6 +45,23 @@ def test_gpu_check_runs_the_chosen_steps(prepared, tmp_path):
     summary = (out / "summary.md").read_text()
     assert p.returncode == 0, summary
     assert [line.split("|")[1].strip() for line in summary.splitlines()[2:]] == ["versions", "syncs"]
+
+
+def test_gpu_check_versions_cell_holds_the_versions_not_import_warnings(tmp_path):
+    # a fairseq installed with pip's --no-compile (docs/benchmarks.md section 4, the lent machine's
+    # command) prints SyntaxWarnings on its first import under Python 3.12: 400 characters that
+    # came before the card's name in the summary's 600-character cell; here a sitecustomize prints
+    # as much to stderr at every start-up
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text("import sys\nsys.stderr.write('SyntaxWarning: invalid escape sequence ' * 40 + '\\n')\n")
+    out = tmp_path / "gc"
+    p = run(["bash", "scripts/gpu_check.sh", "--smoke", "--out", out, "--steps", "versions"], check=False,
+            env={"PYTHONPATH": f"{site}:{os.environ.get('PYTHONPATH', '')}"})
+    row = (out / "summary.md").read_text().splitlines()[2].split("|")
+    assert p.returncode == 0 and row[2].strip() == "ok", row
+    assert row[4].strip().startswith("card none (CPU) torch ") and "grouped GEMM" in row[4] and "Warning" not in row[4], row
+    assert "SyntaxWarning" in (out / "versions.log").read_text()  # the log keeps everything
 
 
 def test_gpu_check_rejects_bad_options(tmp_path):
