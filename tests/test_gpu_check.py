@@ -51,7 +51,7 @@ def test_gpu_check_versions_cell_holds_the_versions_not_import_warnings(tmp_path
     # a fairseq installed with pip's --no-compile (docs/benchmarks.md section 4, the lent machine's
     # command) prints SyntaxWarnings on its first import under Python 3.12: 400 characters that
     # came before the card's name in the summary's 600-character cell; here a sitecustomize prints
-    # as much to stderr at every start-up
+    # more (1,560 characters) to stderr at every start-up
     site = tmp_path / "site"
     site.mkdir()
     (site / "sitecustomize.py").write_text("import sys\nsys.stderr.write('SyntaxWarning: invalid escape sequence ' * 40 + '\\n')\n")
