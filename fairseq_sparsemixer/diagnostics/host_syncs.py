@@ -115,11 +115,10 @@ def compiled_calls(fn, eager: bool = False) -> Counter:
         if e.cpu_parent is not None and e.cpu_parent.name.startswith("## Call CompiledFxGraph"):
             calls["fused" if "cpp_fused" in e.name else e.name.removeprefix("aten::")] += 1
         elif eager and e.name.startswith("aten::"):
-            parents, p = [], e.cpu_parent
-            while p is not None:
-                parents.append(p.name)
+            p = e.cpu_parent  # outermost: no aten op or graph call above it
+            while p is not None and not p.name.startswith(("aten::", "## Call CompiledFxGraph")):
                 p = p.cpu_parent
-            if not any(n.startswith(("aten::", "## Call CompiledFxGraph")) for n in parents):
+            if p is None:
                 for name in _kernels(e):
                     calls["eager:" + name] += 1
     return calls
